@@ -1,0 +1,62 @@
+//! Gatehouse's plugin surface.
+//!
+//! This crate never imports the gateway core: the core builds plugins from config with
+//! [`build`] and drives them through the phases of a request. Keeping the dependency one-way
+//! means a plugin can be read, tested and reviewed on its own.
+
+mod answer;
+mod context;
+pub mod headers;
+mod plugin;
+pub mod respond;
+
+pub use answer::Answer;
+pub use context::PluginCtx;
+pub use plugin::{Flow, Plugin, Priority};
+
+use std::sync::Arc;
+
+/// Why a plugin's config section was refused: `key` is the path inside the plugin's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// Names of the plugins this build knows, so the core can refuse a typo at load time.
+pub const KNOWN: &[&str] = &[headers::NAME, respond::NAME];
+
+/// Builds one plugin instance from its TOML table. Called at config load, never per request.
+pub fn build(name: &str, value: &toml::Value) -> Result<Arc<dyn Plugin>, PluginError> {
+    match name {
+        headers::NAME => Ok(Arc::new(headers::Headers::from_config(parse(value)?)?)),
+        respond::NAME => Ok(Arc::new(respond::Respond::from_config(parse(value)?)?)),
+        other => Err(PluginError {
+            key: String::new(),
+            reason: format!("unknown plugin `{other}` (known: {})", KNOWN.join(", ")),
+        }),
+    }
+}
+
+/// Deserializes a plugin table, keeping the key path of the first error.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(value: &toml::Value) -> Result<T, PluginError> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        PluginError {
+            key: if path == "." { String::new() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}

@@ -1,0 +1,61 @@
+use crate::{Answer, PluginCtx};
+use async_trait::async_trait;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// Fixed run order: the order of sections in the file never changes behaviour.
+/// Higher runs first on the request side (IP rules before auth before limits before
+/// static answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Priority(pub i32);
+
+impl Priority {
+    pub const IP_RULES: Priority = Priority(3000);
+    pub const CORS: Priority = Priority(2900);
+    pub const AUTH: Priority = Priority(2500);
+    pub const ACL: Priority = Priority(2000);
+    pub const LIMITS: Priority = Priority(1000);
+    pub const TRANSFORM: Priority = Priority(500);
+    pub const RESPOND: Priority = Priority(-1000);
+}
+
+/// What the request side of a plugin decided.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Stop the chain and send this answer instead of proxying.
+    Respond(Answer),
+}
+
+/// One plugin instance, built once at config load and shared by every request on its routes.
+///
+/// Phases are synchronous by default because most plugins (headers, keys, local limits) need
+/// no I/O, and a boxed future per plugin per request is a cost the hot path should not pay.
+/// A plugin that must wait (forward auth, Redis) returns `true` from `is_async` and
+/// implements `request_async`.
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    fn priority(&self) -> Priority;
+
+    fn request(&self, _req: &mut RequestHeader, _ctx: &mut PluginCtx) -> Flow {
+        Flow::Continue
+    }
+
+    fn is_async(&self) -> bool {
+        false
+    }
+
+    async fn request_async(&self, _req: &mut RequestHeader, _ctx: &mut PluginCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Runs on the copy of the request that goes upstream (after the gateway's own headers).
+    fn upstream_request(&self, _req: &mut RequestHeader, _ctx: &PluginCtx) {}
+
+    /// Runs on every response to the client: proxied ones and plugin answers alike.
+    fn response(&self, _resp: &mut ResponseHeader, _ctx: &PluginCtx) {}
+
+    /// Runs once the response is finished, also after errors.
+    fn log(&self, _status: u16, _ctx: &PluginCtx) {}
+}

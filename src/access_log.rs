@@ -1,0 +1,122 @@
+//! JSON-lines access log. The request path only formats a line and hands it to a bounded
+//! channel; a dedicated thread does the writing, so a slow disk never stalls a request.
+//! When the writer falls behind, lines are dropped and counted
+//! (`gatehouse_access_log_dropped_total`) rather than queued without bound.
+
+use crate::metrics::METRICS;
+use once_cell::sync::OnceCell;
+use serde::Serialize;
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+
+const QUEUE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    Off,
+    Stdout,
+    File(String),
+}
+
+impl Sink {
+    pub fn parse(s: &str) -> Sink {
+        match s {
+            "off" => Sink::Off,
+            "stdout" => Sink::Stdout,
+            path => Sink::File(path.to_string()),
+        }
+    }
+}
+
+/// One access-log destination. The writer thread starts on first use, after Pingora has
+/// daemonized: a thread started before the fork would not exist in the child.
+pub struct AccessLog {
+    pub sink: Sink,
+    tx: OnceCell<Option<SyncSender<Vec<u8>>>>,
+}
+
+#[derive(Serialize)]
+pub struct Line<'a> {
+    pub time: &'a str,
+    pub request_id: &'a str,
+    pub client_ip: std::net::IpAddr,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub target: &'a str,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+}
+
+impl AccessLog {
+    pub fn new(sink: Sink) -> Self {
+        AccessLog { sink, tx: OnceCell::new() }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.sink != Sink::Off
+    }
+
+    pub fn write(&self, line: &Line<'_>) {
+        let Some(tx) = self.tx.get_or_init(|| self.start()) else {
+            return;
+        };
+        let mut buf = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut buf, line).is_err() {
+            return;
+        }
+        buf.push(b'\n');
+        match tx.try_send(buf) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => METRICS.access_log_dropped.inc(),
+        }
+    }
+
+    fn start(&self) -> Option<SyncSender<Vec<u8>>> {
+        let out: Box<dyn Write + Send> = match &self.sink {
+            Sink::Off => return None,
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::File(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    log::error!("access log: cannot open {path}: {e}; access logging is off");
+                    return None;
+                }
+            },
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("gatehouse-access-log".into())
+            .spawn(move || writer(rx, out));
+        if let Err(e) = spawned {
+            log::error!("access log: cannot start writer thread: {e}");
+            return None;
+        }
+        Some(tx)
+    }
+}
+
+fn writer(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(&line);
+        // Drain what is queued, then flush once: batching without delaying a quiet log.
+        while let Ok(more) = rx.try_recv() {
+            let _ = out.write_all(&more);
+        }
+        if let Err(e) = out.flush() {
+            log::error!("access log: write failed: {e}");
+        }
+    }
+}

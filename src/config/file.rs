@@ -1,0 +1,294 @@
+//! The file as written by users. `deny_unknown_fields` everywhere: a typo is an error, not
+//! a silently ignored setting. `PartialEq` lets a reload tell what changed.
+
+use super::values::{Cidr, Dur, Secret, Size};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub listeners: BTreeMap<String, Listener>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, Route>,
+    /// Global plugins: applied to every route unless the route configures the same plugin.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "d_threads")]
+    pub threads: usize,
+    #[serde(default = "d_pid")]
+    pub pid_file: String,
+    #[serde(default = "d_sock")]
+    pub upgrade_sock: String,
+    #[serde(default = "d_grace")]
+    pub grace_period: Dur,
+    /// How long a draining process waits for in-flight requests after the grace period.
+    #[serde(default = "d_shutdown")]
+    pub graceful_shutdown_timeout: Dur,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    #[serde(default = "d_header_timeout")]
+    pub header_timeout: Dur,
+    #[serde(default = "d_keepalive")]
+    pub keepalive_timeout: Dur,
+    #[serde(default = "d_keepalive_requests")]
+    pub keepalive_requests: u32,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub watch_config: bool,
+}
+
+fn d_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+fn d_pid() -> String {
+    "/tmp/gatehouse/gatehouse.pid".into()
+}
+fn d_sock() -> String {
+    "/tmp/gatehouse/upgrade.sock".into()
+}
+fn d_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn d_shutdown() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_header_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn d_keepalive() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn d_keepalive_requests() -> u32 {
+    1000
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            threads: d_threads(),
+            pid_file: d_pid(),
+            upgrade_sock: d_sock(),
+            grace_period: d_grace(),
+            graceful_shutdown_timeout: d_shutdown(),
+            trusted_proxies: Vec::new(),
+            header_timeout: d_header_timeout(),
+            keepalive_timeout: d_keepalive(),
+            keepalive_requests: d_keepalive_requests(),
+            user: None,
+            group: None,
+            watch_config: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub addr: String,
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `stdout`, `off`, or an absolute path to a JSON-lines file.
+    #[serde(default = "d_access")]
+    pub access: String,
+    #[serde(default = "d_level")]
+    pub level: String,
+}
+
+fn d_access() -> String {
+    "stdout".into()
+}
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            access: d_access(),
+            level: d_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum TargetSpec {
+    Addr(String),
+    Weighted {
+        addr: String,
+        #[serde(default = "d_weight")]
+        weight: u32,
+    },
+}
+
+fn d_weight() -> u32 {
+    1
+}
+
+impl TargetSpec {
+    pub fn addr(&self) -> &str {
+        match self {
+            TargetSpec::Addr(a) | TargetSpec::Weighted { addr: a, .. } => a,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            TargetSpec::Addr(_) => 1,
+            TargetSpec::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    ConsistentHash,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<TargetSpec>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// `ip`, `path`, `header:NAME` or `cookie:NAME`; checked in validate.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default = "d_connect")]
+    pub connect_timeout: Dur,
+    #[serde(default = "d_rw")]
+    pub read_timeout: Dur,
+    #[serde(default = "d_rw")]
+    pub write_timeout: Dur,
+    #[serde(default = "d_idle")]
+    pub idle_timeout: Dur,
+    #[serde(default = "d_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+fn d_connect() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn d_rw() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn d_idle() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn d_retries() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, rename = "type")]
+    pub kind: CheckKind,
+    #[serde(default = "d_hc_path")]
+    pub path: String,
+    #[serde(default = "d_hc_interval")]
+    pub interval: Dur,
+    #[serde(default = "d_hc_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d_two")]
+    pub healthy_after: u32,
+    #[serde(default = "d_two")]
+    pub unhealthy_after: u32,
+    #[serde(default = "d_expect")]
+    pub expect_status: Vec<u16>,
+    /// Host header for HTTP checks; default: the target address.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn d_hc_path() -> String {
+    "/".into()
+}
+fn d_hc_interval() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn d_hc_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn d_two() -> u32 {
+    2
+}
+fn d_expect() -> Vec<u16> {
+    vec![200]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "d_paths")]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Overrides the upstream's read timeout for this route (a slow report endpoint).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Value>,
+}
+
+fn d_paths() -> Vec<String> {
+    vec!["/".into()]
+}

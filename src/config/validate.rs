@@ -1,0 +1,237 @@
+//! Checks that serde cannot express: cross references (route -> upstream, route -> plugin),
+//! address syntax, path rules, and regexes. Each finding is (key path, reason).
+
+use super::file::{Balance, File};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+type Findings = Vec<(String, String)>;
+
+pub(super) fn validate(f: &mut File) -> Findings {
+    let mut out = Findings::new();
+    server(f, &mut out);
+    listeners(f, &mut out);
+    admin(f, &mut out);
+    log(f, &mut out);
+    upstreams(f, &mut out);
+    routes(f, &mut out);
+    plugins("plugins", &f.plugins, &mut out);
+    out
+}
+
+fn absolute(key: &str, path: &str, out: &mut Findings) {
+    if !path.starts_with('/') {
+        out.push((key.into(), format!("`{path}` must be an absolute path")));
+    }
+}
+
+fn server(f: &File, out: &mut Findings) {
+    let s = &f.server;
+    if s.threads == 0 {
+        out.push(("server.threads".into(), "must be at least 1".into()));
+    }
+    absolute("server.pid_file", &s.pid_file, out);
+    absolute("server.upgrade_sock", &s.upgrade_sock, out);
+    if s.header_timeout.0.is_zero() {
+        out.push(("server.header_timeout".into(), "must be greater than zero".into()));
+    }
+}
+
+fn socket_addr(key: &str, addr: &str, out: &mut Findings) -> Option<SocketAddr> {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            out.push((key.into(), format!("`{addr}` is not an IP:port address")));
+            None
+        }
+    }
+}
+
+fn listeners(f: &File, out: &mut Findings) {
+    if f.listeners.is_empty() {
+        out.push((
+            "listeners".into(),
+            "at least one listener is required, e.g. [listeners.public] addr = \"0.0.0.0:8080\"".into(),
+        ));
+    }
+    let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+    for (name, l) in &f.listeners {
+        let key = format!("listeners.{name}.addr");
+        if let Some(a) = socket_addr(&key, &l.addr, out) {
+            if let Some((_, other)) = seen.iter().find(|(s, _)| *s == a) {
+                out.push((
+                    key,
+                    format!("duplicate listener: `{}` is already used by listeners.{other}", l.addr),
+                ));
+            } else {
+                seen.push((a, name));
+            }
+        }
+    }
+    if let Some(admin) = &f.admin {
+        if let Ok(a) = admin.addr.parse::<SocketAddr>() {
+            if let Some((_, other)) = seen.iter().find(|(s, _)| *s == a) {
+                out.push((
+                    "admin.addr".into(),
+                    format!("`{}` is already used by listeners.{other}", admin.addr),
+                ));
+            }
+        }
+    }
+}
+
+fn admin(f: &File, out: &mut Findings) {
+    let Some(admin) = &f.admin else { return };
+    if let Some(a) = socket_addr("admin.addr", &admin.addr, out) {
+        if !a.ip().is_loopback() && admin.token.is_none() {
+            out.push((
+                "admin.token".into(),
+                format!("required when admin.addr (`{}`) is not a loopback address", admin.addr),
+            ));
+        }
+    }
+}
+
+fn log(f: &File, out: &mut Findings) {
+    let a = f.log.access.as_str();
+    if a != "stdout" && a != "off" {
+        absolute("log.access", a, out);
+    }
+    if !matches!(f.log.level.as_str(), "error" | "warn" | "info" | "debug" | "trace" | "off") {
+        out.push((
+            "log.level".into(),
+            format!("`{}` is not one of error, warn, info, debug, trace, off", f.log.level),
+        ));
+    }
+}
+
+fn upstreams(f: &File, out: &mut Findings) {
+    for (name, u) in &f.upstreams {
+        let base = format!("upstreams.{name}");
+        if u.targets.is_empty() {
+            out.push((format!("{base}.targets"), "at least one target is required".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, t) in u.targets.iter().enumerate() {
+            let key = format!("{base}.targets[{i}]");
+            if socket_addr(&key, t.addr(), out).is_some() && !seen.insert(t.addr().to_string()) {
+                out.push((key.clone(), format!("duplicate target `{}`", t.addr())));
+            }
+            if t.weight() == 0 || t.weight() > 1000 {
+                out.push((format!("{key}.weight"), "must be between 1 and 1000".into()));
+            }
+        }
+        match (&u.balance, &u.hash_on) {
+            (Balance::ConsistentHash, None) => out.push((format!("{base}.hash_on"), "required with balance = \"consistent_hash\"".into())),
+            (_, Some(h)) => {
+                let ok = h == "ip"
+                    || h == "path"
+                    || h.strip_prefix("header:")
+                        .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok())
+                    || h.strip_prefix("cookie:").is_some_and(|n| !n.is_empty());
+                if !ok {
+                    out.push((
+                        format!("{base}.hash_on"),
+                        format!("`{h}` is not one of ip, path, header:NAME, cookie:NAME"),
+                    ));
+                } else if u.balance != Balance::ConsistentHash {
+                    out.push((format!("{base}.hash_on"), "only used with balance = \"consistent_hash\"".into()));
+                }
+            }
+            _ => {}
+        }
+        if let Some(hc) = &u.health_check {
+            let hk = format!("{base}.health_check");
+            if !hc.path.starts_with('/') {
+                out.push((format!("{hk}.path"), "must start with /".into()));
+            }
+            if hc.interval.0.is_zero() {
+                out.push((format!("{hk}.interval"), "must be greater than zero".into()));
+            }
+            if hc.timeout.0.is_zero() {
+                out.push((format!("{hk}.timeout"), "must be greater than zero".into()));
+            }
+            if hc.healthy_after == 0 || hc.unhealthy_after == 0 {
+                out.push((hk.clone(), "healthy_after and unhealthy_after must be at least 1".into()));
+            }
+            if hc.expect_status.iter().any(|s| !(100..=599).contains(s)) {
+                out.push((format!("{hk}.expect_status"), "statuses must be between 100 and 599".into()));
+            }
+        }
+    }
+}
+
+fn routes(f: &File, out: &mut Findings) {
+    for (name, r) in &f.routes {
+        let base = format!("routes.{name}");
+        if r.paths.is_empty() {
+            out.push((format!("{base}.paths"), "at least one path is required".into()));
+        }
+        for (i, p) in r.paths.iter().enumerate() {
+            let key = format!("{base}.paths[{i}]");
+            if let Some(re) = p.strip_prefix('~') {
+                if let Err(e) = regex::Regex::new(re) {
+                    out.push((key, format!("invalid regex: {e}")));
+                }
+            } else {
+                let lit = p.strip_prefix('=').unwrap_or(p);
+                if !lit.starts_with('/') {
+                    out.push((key, format!("`{p}` must start with / (or =/ for exact, ~ for a regex)")));
+                }
+            }
+        }
+        for (i, h) in r.hosts.iter().enumerate() {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(':') {
+                out.push((format!("{base}.hosts[{i}]"), format!("`{h}` is not a host name or *.wildcard")));
+            }
+        }
+        for (i, m) in r.methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
+                out.push((format!("{base}.methods[{i}]"), format!("`{m}` is not an upper-case HTTP method")));
+            }
+        }
+        for (k, v) in &r.headers {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
+                out.push((format!("{base}.headers.{k}"), "not a valid header name and value".into()));
+            }
+        }
+        let answers_itself = r.plugins.contains_key(gatehouse_plugins::respond::NAME);
+        match &r.upstream {
+            Some(u) if !f.upstreams.contains_key(u) => {
+                out.push((
+                    format!("{base}.upstream"),
+                    format!("upstream `{u}` is not defined (defined: {})", names(f.upstreams.keys())),
+                ));
+            }
+            None if !answers_itself => {
+                out.push((format!("{base}.upstream"), "required unless the route has a respond plugin".into()));
+            }
+            _ => {}
+        }
+        plugins(&format!("{base}.plugins"), &r.plugins, out);
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(|s| s.as_str()).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Building each plugin here means a bad plugin table fails `-t`, not the first request.
+fn plugins(base: &str, map: &std::collections::BTreeMap<String, toml::Value>, out: &mut Findings) {
+    for (name, value) in map {
+        if let Err(e) = gatehouse_plugins::build(name, value) {
+            let key = if e.key.is_empty() {
+                format!("{base}.{name}")
+            } else {
+                format!("{base}.{name}.{}", e.key)
+            };
+            out.push((key, e.reason));
+        }
+    }
+}

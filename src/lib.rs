@@ -1,0 +1,14 @@
+//! Gatehouse: an API gateway on Pingora. The binary is `src/main.rs`; this library is what
+//! it runs, and what the tests reach into.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod live;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

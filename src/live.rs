@@ -1,0 +1,150 @@
+//! The live config: one `ArcSwap<Snapshot>` read by every request (no lock), and the
+//! reload procedure that replaces it.
+//!
+//! A reload parses and builds the new snapshot completely before the swap, so an invalid
+//! file changes nothing and an in-flight request keeps the snapshot it started with.
+
+use crate::config::{self, ConfigErrors};
+use crate::metrics::METRICS;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What `/status` shows about reloads.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReloadStatus {
+    pub last_attempt: Option<String>,
+    pub last_error: Vec<String>,
+    /// Changes in the file that only take effect after `gatehouse -u` (an upgrade).
+    pub needs_upgrade: Vec<String>,
+    pub reloads: u64,
+}
+
+pub struct Live {
+    pub path: PathBuf,
+    current: ArcSwap<Snapshot>,
+    /// The sections the process was started with; changing them needs an upgrade.
+    boot: config::File,
+    /// Serializes reloads (SIGHUP, admin, file watch) and holds what /status reports.
+    status: Mutex<ReloadStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reloaded {
+    pub hash: String,
+    pub changed: bool,
+    pub needs_upgrade: Vec<String>,
+}
+
+impl Live {
+    pub fn new(path: &Path, text: &str, file: config::File) -> Result<Live, ConfigErrors> {
+        let snap = Snapshot::build(file.clone(), text, &path.display().to_string(), None)?;
+        Ok(Live {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(snap),
+            boot: file,
+            status: Mutex::new(ReloadStatus::default()),
+        })
+    }
+
+    /// The snapshot a request should use from start to end.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn boot(&self) -> &config::File {
+        &self.boot
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads the file and swaps in the new snapshot, or changes nothing and says why.
+    pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
+        let mut status = match self.status.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        status.last_attempt = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        let result = self.try_reload();
+        match &result {
+            Ok(r) => {
+                status.last_error.clear();
+                status.needs_upgrade = r.needs_upgrade.clone();
+                status.reloads += 1;
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                log::info!(
+                    "config reloaded from {} (hash {}, changed: {})",
+                    self.path.display(),
+                    r.hash,
+                    r.changed
+                );
+                for n in &r.needs_upgrade {
+                    log::warn!("config change needs an upgrade (gatehouse -u) to take effect: {n}");
+                }
+            }
+            Err(errors) => {
+                status.last_error = errors.clone();
+                METRICS.reloads.with_label_values(&["error"]).inc();
+                for e in errors {
+                    log::error!("config reload refused, still serving the previous config: {e}");
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
+        let name = self.path.display().to_string();
+        let text = std::fs::read_to_string(&self.path).map_err(|e| vec![format!("{name}: cannot read file: {e}")])?;
+        let file = config::parse_str(&name, &text).map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+        let current = self.current.load_full();
+        let changed = current.hash != crate::snapshot::text_hash(&text);
+        let needs_upgrade = needs_upgrade(&self.boot, &file);
+        if changed {
+            let snap =
+                Snapshot::build(file, &text, &name, Some(&current)).map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+            crate::logging::set_level(&snap.file.log.level);
+            self.current.store(Arc::new(snap));
+        }
+        Ok(Reloaded {
+            hash: self.current.load().hash.clone(),
+            changed,
+            needs_upgrade,
+        })
+    }
+}
+
+/// Sections that are bound at start (sockets, threads, paths): a reload cannot apply them,
+/// so it names them instead of ignoring them silently.
+fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
+    let mut out = Vec::new();
+    if boot.listeners != new.listeners {
+        out.push("listeners".to_string());
+    }
+    if boot.admin.as_ref().map(|a| &a.addr) != new.admin.as_ref().map(|a| &a.addr) {
+        out.push("admin.addr".to_string());
+    }
+    let (b, n) = (&boot.server, &new.server);
+    let fields: [(&str, bool); 10] = [
+        ("server.threads", b.threads != n.threads),
+        ("server.pid_file", b.pid_file != n.pid_file),
+        ("server.upgrade_sock", b.upgrade_sock != n.upgrade_sock),
+        ("server.grace_period", b.grace_period != n.grace_period),
+        (
+            "server.graceful_shutdown_timeout",
+            b.graceful_shutdown_timeout != n.graceful_shutdown_timeout,
+        ),
+        ("server.header_timeout", b.header_timeout != n.header_timeout),
+        ("server.keepalive_timeout", b.keepalive_timeout != n.keepalive_timeout),
+        ("server.keepalive_requests", b.keepalive_requests != n.keepalive_requests),
+        ("server.user/group", b.user != n.user || b.group != n.group),
+        ("server.watch_config", b.watch_config != n.watch_config),
+    ];
+    out.extend(fields.iter().filter(|(_, c)| *c).map(|(k, _)| k.to_string()));
+    out
+}

@@ -1,0 +1,131 @@
+//! Prometheus metrics. One registry for the process; label values are route and upstream
+//! names from the config, never raw paths, so cardinality is bounded by the file.
+//!
+//! Handles that do not depend on the response (per-route histograms and byte counters) are
+//! resolved once per route at config load (see `snapshot`), so the hot path skips the
+//! label hash lookup for them.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub target_healthy: IntGaugeVec,
+    pub bytes_received: IntCounterVec,
+    pub bytes_sent: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub access_log_dropped: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Registration only fails on a duplicate name, which is a programming error caught by
+    // the first test run; the metric still works unregistered, so do not abort the gateway.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        log::error!("metric registration failed: {e}");
+    }
+    c
+}
+
+pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    let r = Registry::new();
+    // 0.5 ms .. ~65 s
+    let buckets = exponential_buckets(0.0005, 2.0, 18).unwrap_or_default();
+    let h = |name: &str, help: &str, label: &str| {
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.clone()), &[label]).expect("static histogram definition")
+    };
+    let c = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels).expect("static counter definition");
+    Metrics {
+        requests: reg(
+            &r,
+            c(
+                "gatehouse_requests_total",
+                "Requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+        ),
+        request_duration: reg(
+            &r,
+            h(
+                "gatehouse_request_duration_seconds",
+                "Time from request start to the end of the response.",
+                "route",
+            ),
+        ),
+        upstream_duration: reg(
+            &r,
+            h(
+                "gatehouse_upstream_duration_seconds",
+                "Time from choosing a target to the end of the upstream response.",
+                "upstream",
+            ),
+        ),
+        target_healthy: reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "gatehouse_upstream_target_healthy",
+                    "1 when the target takes traffic, 0 when health checks took it out.",
+                ),
+                &["upstream", "target"],
+            )
+            .expect("static gauge definition"),
+        ),
+        bytes_received: reg(
+            &r,
+            c(
+                "gatehouse_bytes_received_total",
+                "Request body bytes received from clients.",
+                &["route"],
+            ),
+        ),
+        bytes_sent: reg(
+            &r,
+            c("gatehouse_bytes_sent_total", "Response body bytes sent to clients.", &["route"]),
+        ),
+        rejections: reg(
+            &r,
+            c(
+                "gatehouse_rejections_total",
+                "Requests the gateway refused, by route and reason.",
+                &["route", "reason"],
+            ),
+        ),
+        retries: reg(
+            &r,
+            c(
+                "gatehouse_upstream_retries_total",
+                "Requests retried on another target after a connect failure.",
+                &["upstream"],
+            ),
+        ),
+        reloads: reg(
+            &r,
+            c("gatehouse_config_reloads_total", "Config reload attempts by result.", &["result"]),
+        ),
+        access_log_dropped: reg(
+            &r,
+            IntCounter::new(
+                "gatehouse_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            )
+            .expect("static counter definition"),
+        ),
+        registry: r,
+    }
+});
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf) {
+        log::error!("encoding metrics failed: {e}");
+    }
+    buf
+}

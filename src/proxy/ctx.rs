@@ -1,0 +1,62 @@
+//! Per-request state, carried through every phase.
+
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::InFlight;
+use gatehouse_plugins::PluginCtx;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Ctx {
+    pub start: Instant,
+    /// The one config this request sees, even if a reload happens meanwhile.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub route: Option<Arc<Route>>,
+    /// Bytes to cut from the front of the path (`strip_prefix`).
+    pub strip: usize,
+    pub peer_ip: IpAddr,
+    pub peer_trusted: bool,
+    pub plugin: PluginCtx,
+    pub upstream: Upstream,
+    /// Status of an answer the gateway wrote itself (errors, plugin answers).
+    pub own_status: Option<u16>,
+    pub error: Option<&'static str>,
+}
+
+/// What happened on the upstream side.
+#[derive(Default)]
+pub struct Upstream {
+    /// Indices of targets already tried, so a retry goes elsewhere.
+    pub tried: Vec<usize>,
+    pub in_flight: Option<InFlight>,
+    pub started: Option<Instant>,
+    pub elapsed: Option<Duration>,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Ctx {
+            start: Instant::now(),
+            snapshot: None,
+            route: None,
+            strip: 0,
+            peer_ip: unspecified,
+            peer_trusted: false,
+            plugin: PluginCtx::new(unspecified, Arc::from(""), String::new()),
+            upstream: Upstream::default(),
+            own_status: None,
+            error: None,
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map(|r| &*r.name).unwrap_or("")
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,179 @@
+//! Headers between client and upstream: identity in, forwarding headers out, hop-by-hop
+//! headers removed both ways.
+
+use super::ctx::Ctx;
+use super::identity;
+use crate::snapshot::Snapshot;
+use crate::upstream::{Cluster, HashKey};
+use http::header;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::net::IpAddr;
+
+/// Sets the request id and the client address. X-Forwarded-For is believed only from a
+/// peer in `trusted_proxies`; from anyone else it is ignored (and replaced upstream).
+pub fn identify(session: &Session, ctx: &mut Ctx, snap: &Snapshot) {
+    let req = session.req_header();
+    ctx.plugin.request_id = match req.headers.get("x-request-id") {
+        Some(v) if identity::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        _ => identity::new_request_id(),
+    };
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(ctx.peer_ip);
+    ctx.peer_ip = peer;
+    ctx.peer_trusted = !snap.trusted_proxies.is_empty() && snap.is_trusted(peer);
+    ctx.plugin.client_ip = if ctx.peer_trusted {
+        req.headers
+            .get("x-forwarded-for")
+            .and_then(|x| identity::client_from_xff(x.as_bytes(), |ip| snap.is_trusted(ip)))
+            .unwrap_or(peer)
+    } else {
+        peer
+    };
+}
+
+/// The bytes `consistent_hash` hashes for this request, if the request has them.
+pub fn hash_key<'a>(session: &'a Session, ctx: &Ctx, cluster: &Cluster, buf: &'a mut [u8; 16]) -> Option<&'a [u8]> {
+    let req = session.req_header();
+    match cluster.hash_key.as_ref()? {
+        HashKey::Ip => {
+            let n = match ctx.plugin.client_ip {
+                IpAddr::V4(v4) => {
+                    buf[..4].copy_from_slice(&v4.octets());
+                    4
+                }
+                IpAddr::V6(v6) => {
+                    buf.copy_from_slice(&v6.octets());
+                    16
+                }
+            };
+            Some(&buf[..n])
+        }
+        HashKey::Path => Some(req.uri.path().as_bytes()),
+        HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| cookie(v.as_bytes(), name.as_bytes())),
+    }
+}
+
+fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name).then_some(&pair[eq + 1..])
+    })
+}
+
+/// Headers that describe one connection and must not cross the proxy (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    let route = ctx
+        .route
+        .as_ref()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+    if ctx.strip > 0 {
+        let path = up.uri.path();
+        let rest = &path[ctx.strip.min(path.len())..];
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let new = match up.uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        let uri = new
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InternalError, "stripping prefix", e))?;
+        up.set_uri(uri);
+    }
+
+    let original_host = session.req_header().headers.get(header::HOST).cloned();
+    if !route.preserve_host {
+        if let Some(t) = ctx.upstream.in_flight.as_ref().map(|f| f.target()) {
+            up.insert_header(header::HOST, &*t.name)?;
+        }
+    }
+
+    // X-Forwarded-*: extended when the peer is a trusted proxy, replaced otherwise, so a
+    // client cannot make the upstream believe a forged chain.
+    let peer = ctx.peer_ip.to_string();
+    let xff = match (ctx.peer_trusted, up.headers.get("x-forwarded-for")) {
+        (true, Some(prev)) => format!("{}, {peer}", String::from_utf8_lossy(prev.as_bytes())),
+        _ => peer,
+    };
+    up.insert_header("x-forwarded-for", xff)?;
+    if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
+        up.insert_header("x-forwarded-proto", "http")?;
+    }
+    if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
+        match original_host {
+            Some(h) => {
+                up.insert_header("x-forwarded-host", h)?;
+            }
+            None => {
+                up.remove_header("x-forwarded-host");
+            }
+        }
+    }
+    up.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+
+    // Pingora strips standard hop-by-hop request headers and Connection-nominated ones by
+    // default (HttpUpstreamRequestPolicy); these are the ones it leaves.
+    if !session.is_upgrade_req() {
+        for h in ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"] {
+            up.remove_header(h);
+        }
+    }
+    Ok(())
+}
+
+pub fn response_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if !upgrade {
+        let nominated: Vec<String> = resp
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+            .collect();
+        for n in nominated {
+            resp.remove_header(n.as_str());
+        }
+        for h in HOP_BY_HOP {
+            // Connection is Pingora's to set for the downstream; upstream's value is dropped.
+            resp.remove_header(*h);
+        }
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&ctx.plugin.request_id) {
+        let _ = resp.insert_header("x-request-id", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cookie;
+
+    #[test]
+    fn cookies() {
+        assert_eq!(cookie(b"a=1; sid=xyz; b=2", b"sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(b"a=1", b"sid"), None);
+    }
+}

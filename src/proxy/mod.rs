@@ -1,0 +1,194 @@
+//! The `ProxyHttp` implementation: a thin dispatcher that reads one snapshot per request
+//! and hands each phase to the module that owns it.
+//!
+//! Phase map: `request_filter` (request id, client ip, route, request-side plugins) ->
+//! `upstream_peer` (pick a target) -> `upstream_request_filter` (forwarding headers) ->
+//! `response_filter` (hop-by-hop, response-side plugins) -> `logging` (metrics, access log).
+//! Failures land in `fail_to_connect` (retry elsewhere) and `fail_to_proxy` (JSON error).
+
+mod answer;
+pub mod ctx;
+mod forward;
+pub mod identity;
+mod observe;
+
+use crate::live::Live;
+use async_trait::async_trait;
+use ctx::Ctx;
+use gatehouse_plugins::Flow;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Gateway {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = self.live.load();
+        forward::identify(session, ctx, &snap);
+
+        let found = {
+            let req = session.req_header();
+            let host = crate::router::request_host(&req.headers, &req.uri);
+            snap.router.find(host, &req.method, req.uri.path(), &req.headers).map(|m| {
+                let strip = if m.route.strip_prefix {
+                    req.uri.path().len() - m.path.strip(req.uri.path()).len()
+                } else {
+                    0
+                };
+                (m.route.clone(), strip)
+            })
+        };
+        ctx.snapshot = Some(snap);
+        let Some((route, strip)) = found else {
+            ctx.error = Some("no_route");
+            answer::error(session, ctx, 404, "no route matches this request").await;
+            return Ok(true);
+        };
+        ctx.strip = strip;
+        ctx.plugin.route = route.name.clone();
+        ctx.route = Some(route.clone());
+
+        if let Some(limit) = route.max_body {
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                ctx.plugin.rejection = Some("body_too_large");
+                answer::error(session, ctx, 413, "request body is too large").await;
+                return Ok(true);
+            }
+        }
+
+        for p in route.plugins.iter() {
+            let flow = if p.is_async() {
+                p.request_async(session.req_header_mut(), &mut ctx.plugin).await
+            } else {
+                p.request(session.req_header_mut(), &mut ctx.plugin)
+            };
+            if let Flow::Respond(a) = flow {
+                answer::write(session, ctx, a, true).await;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(500), "no route in upstream_peer"))?;
+        let Some(cluster) = route.cluster.as_ref() else {
+            return Err(Error::explain(ErrorType::HTTPStatus(500), "route has no upstream"));
+        };
+        let mut key_buf = [0u8; 16];
+        let key = forward::hash_key(session, ctx, cluster, &mut key_buf);
+        let Some(idx) = cluster.select(key, &ctx.upstream.tried) else {
+            ctx.error = Some("no_healthy_target");
+            return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy target"));
+        };
+        ctx.upstream.tried.push(idx);
+        ctx.upstream.in_flight = Some(crate::upstream::InFlight::new(cluster.clone(), idx));
+        ctx.upstream.started = Some(Instant::now());
+        Ok(cluster.peer(idx, route.timeout))
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        let retry = ctx.route.as_ref().and_then(|r| r.cluster.as_ref()).is_some_and(|c| {
+            session.req_header().method.is_idempotent()
+                && ctx.upstream.tried.len() <= c.retries as usize
+                && c.select(None, &ctx.upstream.tried).is_some()
+        });
+        if retry {
+            if let Some(c) = ctx.route.as_ref().and_then(|r| r.cluster.as_ref()) {
+                crate::metrics::METRICS.retries.with_label_values(&[&c.name]).inc();
+            }
+        }
+        ctx.upstream.in_flight = None;
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        forward::upstream_headers(session, upstream, ctx)?;
+        if let Some(route) = ctx.route.clone() {
+            for p in route.plugins.iter() {
+                p.upstream_request(upstream, &ctx.plugin);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(started) = ctx.upstream.started {
+            ctx.upstream.elapsed.get_or_insert_with(|| started.elapsed());
+        }
+        forward::response_headers(resp, ctx);
+        if let Some(route) = ctx.route.clone() {
+            for p in route.plugins.iter() {
+                p.response(resp, &ctx.plugin);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, message) = classify(e);
+        if code > 0 && session.response_written().is_none() {
+            if ctx.error.is_none() {
+                ctx.error = Some(match code {
+                    504 => "upstream_timeout",
+                    502 => "upstream_error",
+                    400 => "bad_request",
+                    _ => "error",
+                });
+            }
+            answer::error(session, ctx, code, message).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        observe::finish(session, e, ctx);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // Upstream failures are reported in the access log and metrics; a client hanging up
+        // is not worth an error line.
+        matches!(error.esource(), ErrorSource::Downstream)
+    }
+}
+
+/// Maps a proxy failure to the status the client gets.
+fn classify(e: &Error) -> (u16, &'static str) {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(503), _) => (503, "no healthy upstream target"),
+        (HTTPStatus(c), _) => (*c, "request failed"),
+        (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, "upstream timed out"),
+        (_, ErrorSource::Upstream) => (502, "upstream failed"),
+        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => (0, ""),
+        (ReadTimedout, ErrorSource::Downstream) => (408, "request timed out"),
+        (_, ErrorSource::Downstream) => (400, "bad request"),
+        _ => (500, "internal error"),
+    }
+}

@@ -1,0 +1,73 @@
+//! The end of a request: metrics, access log line, plugin log hooks.
+
+use super::ctx::Ctx;
+use crate::access_log::Line;
+use crate::metrics::METRICS;
+use pingora_error::Error;
+use pingora_proxy::Session;
+
+pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.own_status)
+        .unwrap_or(0);
+    let elapsed = ctx.start.elapsed();
+    if let (Some(started), None) = (ctx.upstream.started, ctx.upstream.elapsed) {
+        ctx.upstream.elapsed = Some(started.elapsed());
+    }
+    let bytes_in = session.body_bytes_read();
+    let bytes_out = session.body_bytes_sent();
+    let target = ctx.upstream.in_flight.as_ref().map(|f| f.target().name.clone());
+
+    let req = session.req_header();
+    let route_label = if ctx.route.is_some() { ctx.route_name() } else { "_none" };
+    let status_label = http::StatusCode::from_u16(status).map(|s| s.as_str().to_owned());
+    METRICS
+        .requests
+        .with_label_values(&[route_label, req.method.as_str(), status_label.as_deref().unwrap_or("0")])
+        .inc();
+    if let Some(route) = ctx.route.as_ref() {
+        route.metrics.duration.observe(elapsed.as_secs_f64());
+        route.metrics.bytes_in.inc_by(bytes_in as u64);
+        route.metrics.bytes_out.inc_by(bytes_out as u64);
+        if let (Some(c), Some(up)) = (route.cluster.as_ref(), ctx.upstream.elapsed) {
+            c.duration.observe(up.as_secs_f64());
+        }
+        if let Some(reason) = ctx.plugin.rejection {
+            METRICS.rejections.with_label_values(&[&route.name, reason]).inc();
+        }
+        for p in route.plugins.iter() {
+            p.log(status, &ctx.plugin);
+        }
+    }
+
+    if let Some(snap) = ctx.snapshot.as_ref() {
+        if snap.access_log.enabled() {
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let host = crate::router::request_host(&req.headers, &req.uri);
+            let err_text = e.map(|e| e.etype().as_str());
+            snap.access_log.write(&Line {
+                time: &now,
+                request_id: &ctx.plugin.request_id,
+                client_ip: ctx.plugin.client_ip,
+                method: req.method.as_str(),
+                host,
+                path: req.uri.path(),
+                status,
+                route: ctx.route_name(),
+                upstream: ctx.route.as_ref().and_then(|r| r.cluster.as_ref()).map(|c| &*c.name).unwrap_or(""),
+                target: target.as_deref().unwrap_or(""),
+                bytes_in,
+                bytes_out,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                upstream_ms: ctx.upstream.elapsed.map(|d| d.as_secs_f64() * 1000.0),
+                consumer: ctx.plugin.consumer.as_deref(),
+                rejection: ctx.plugin.rejection.or(ctx.error),
+                error: err_text,
+            });
+        }
+    }
+    // Releases the target's in-flight slot.
+    ctx.upstream.in_flight = None;
+}

@@ -1,0 +1,309 @@
+//! Routes compiled at load time into one ordered list, so matching a request is a scan
+//! with byte comparisons and no allocation.
+//!
+//! Order: `priority` (higher first), then path kind (exact > prefix > regex), then longer
+//! prefix, then more specific host (exact > wildcard > any), then route name. The order is
+//! total, so the same file always routes the same way.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+/// How one configured path matches.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// `=/users`
+    Exact(String),
+    /// `/users` matches `/users`, `/users/7`, not `/usersx`.
+    Prefix(String),
+    /// `~^/v[0-9]+/users$`
+    Regex(Regex),
+}
+
+impl PathMatch {
+    pub fn parse(s: &str) -> Result<PathMatch, String> {
+        if let Some(re) = s.strip_prefix('~') {
+            return Regex::new(re).map(PathMatch::Regex).map_err(|e| e.to_string());
+        }
+        if let Some(exact) = s.strip_prefix('=') {
+            return Ok(PathMatch::Exact(exact.to_string()));
+        }
+        // "/users/" and "/users" mean the same segment prefix.
+        let p = if s.len() > 1 { s.trim_end_matches('/') } else { s };
+        Ok(PathMatch::Prefix(p.to_string()))
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(e) => path == e,
+            PathMatch::Prefix(p) => p == "/" || (path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))),
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+
+    fn kind_rank(&self) -> u8 {
+        match self {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Prefix(_) => 1,
+            PathMatch::Regex(_) => 2,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            PathMatch::Exact(s) | PathMatch::Prefix(s) => s.len(),
+            PathMatch::Regex(_) => 0,
+        }
+    }
+
+    /// The request path the upstream sees when the route strips its prefix.
+    pub fn strip<'a>(&self, path: &'a str) -> &'a str {
+        let cut = match self {
+            PathMatch::Prefix(p) if p != "/" => p.len(),
+            PathMatch::Exact(e) => e.len(),
+            _ => 0,
+        };
+        let rest = &path[cut.min(path.len())..];
+        if rest.is_empty() {
+            "/"
+        } else {
+            rest
+        }
+    }
+}
+
+/// Which hosts a route answers for. Names are stored lower-case; requests are compared
+/// case-insensitively without lower-casing them.
+#[derive(Debug, Clone, Default)]
+pub struct HostMatch {
+    exact: Vec<String>,
+    /// `*.example.org` stored as `.example.org`: any subdomain, not the apex.
+    suffixes: Vec<String>,
+}
+
+impl HostMatch {
+    pub fn new(hosts: &[String]) -> Self {
+        let mut m = HostMatch::default();
+        for h in hosts {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) => m.suffixes.push(suffix.to_string()),
+                None => m.exact.push(h),
+            }
+        }
+        m
+    }
+
+    fn is_any(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty()
+    }
+
+    fn specificity(&self) -> u8 {
+        if !self.exact.is_empty() {
+            0
+        } else if !self.suffixes.is_empty() {
+            1
+        } else {
+            2
+        }
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        if self.is_any() {
+            return true;
+        }
+        if self.exact.iter().any(|e| e.eq_ignore_ascii_case(host)) {
+            return true;
+        }
+        self.suffixes.iter().any(|s| {
+            host.len() > s.len() && host.is_char_boundary(host.len() - s.len()) && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+        })
+    }
+}
+
+/// Everything but the path that a route requires of a request.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub hosts: HostMatch,
+    /// Empty: any method.
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Conditions {
+    fn matches(&self, host: &str, method: &Method, headers: &HeaderMap) -> bool {
+        self.hosts.matches(host)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self.headers.iter().all(|(n, v)| headers.get_all(n).iter().any(|h| h == v))
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    route: usize,
+    path: PathMatch,
+}
+
+/// The compiled table. `T` is whatever the caller attaches to a route (the proxy uses its
+/// runtime route); the router only decides which one.
+#[derive(Debug)]
+pub struct Router<T> {
+    routes: Vec<(T, Conditions, i32, String)>,
+    entries: Vec<Entry>,
+}
+
+/// A successful match: the route and the path rule that matched (for `strip_prefix`).
+pub struct Match<'a, T> {
+    pub route: &'a T,
+    pub path: &'a PathMatch,
+}
+
+impl<T> Router<T> {
+    pub fn new() -> Self {
+        Router {
+            routes: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, name: &str, value: T, cond: Conditions, priority: i32, paths: Vec<PathMatch>) {
+        let idx = self.routes.len();
+        self.routes.push((value, cond, priority, name.to_string()));
+        for p in paths {
+            self.entries.push(Entry { route: idx, path: p });
+        }
+    }
+
+    /// Fixes the order; call once after the last `add`.
+    pub fn finish(mut self) -> Self {
+        let routes = &self.routes;
+        self.entries.sort_by(|a, b| {
+            let (_, ca, pa, na) = &routes[a.route];
+            let (_, cb, pb, nb) = &routes[b.route];
+            pb.cmp(pa)
+                .then(a.path.kind_rank().cmp(&b.path.kind_rank()))
+                .then(b.path.len().cmp(&a.path.len()))
+                .then(ca.hosts.specificity().cmp(&cb.hosts.specificity()))
+                .then(na.cmp(nb))
+        });
+        self
+    }
+
+    pub fn route_values(&self) -> impl Iterator<Item = &T> {
+        self.routes.iter().map(|(v, ..)| v)
+    }
+
+    /// `host` must already be stripped of its port.
+    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap) -> Option<Match<'_, T>> {
+        self.entries.iter().find_map(|e| {
+            let (value, cond, ..) = &self.routes[e.route];
+            (e.path.matches(path) && cond.matches(host, method, headers)).then_some(Match {
+                route: value,
+                path: &e.path,
+            })
+        })
+    }
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The host a request is for, without port or trailing dot. Prefers the Host header
+/// (HTTP/1.1) and falls back to the URI authority (HTTP/2, absolute-form).
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> &'a str {
+    let raw = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(raw).trim_end_matches('.')
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or("");
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathMatch {
+        PathMatch::parse(s).unwrap()
+    }
+
+    fn router(specs: &[(&str, &[&str], &[&str], i32)]) -> Router<&'static str> {
+        let mut r = Router::new();
+        for (name, hosts, paths, prio) in specs {
+            let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+            let hosts: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
+            r.add(
+                name,
+                name,
+                Conditions {
+                    hosts: HostMatch::new(&hosts),
+                    ..Default::default()
+                },
+                *prio,
+                paths.iter().map(|s| p(s)).collect(),
+            );
+        }
+        r.finish()
+    }
+
+    fn find(r: &Router<&'static str>, host: &str, path: &str) -> Option<&'static str> {
+        r.find(host, &Method::GET, path, &HeaderMap::new()).map(|m| *m.route)
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        assert!(p("/users").matches("/users"));
+        assert!(p("/users").matches("/users/7"));
+        assert!(!p("/users").matches("/usersx"));
+        assert!(p("/users/").matches("/users/7"));
+        assert!(p("/").matches("/anything"));
+    }
+
+    #[test]
+    fn exact_beats_prefix_beats_regex_and_priority_beats_all() {
+        let r = router(&[
+            ("regex", &[], &["~^/users/[0-9]+$"], 0),
+            ("prefix", &[], &["/users"], 0),
+            ("exact", &[], &["=/users/7"], 0),
+            ("longer", &[], &["/users/7"], 0),
+        ]);
+        assert_eq!(find(&r, "h", "/users/7"), Some("exact"));
+        assert_eq!(find(&r, "h", "/users/7/x"), Some("longer"));
+        assert_eq!(find(&r, "h", "/users/8"), Some("prefix"));
+        let r = router(&[("prefix", &[], &["/users"], 0), ("regex", &[], &["~^/users/[0-9]+$"], 10)]);
+        assert_eq!(find(&r, "h", "/users/8"), Some("regex"));
+    }
+
+    #[test]
+    fn hosts_exact_wildcard_case_and_port() {
+        let r = router(&[("api", &["api.example.com"], &["/"], 0), ("wild", &["*.example.org"], &["/"], 0)]);
+        assert_eq!(find(&r, "API.Example.COM", "/"), Some("api"));
+        assert_eq!(find(&r, "a.b.example.org", "/"), Some("wild"));
+        assert_eq!(find(&r, "example.org", "/"), None);
+        let mut h = HeaderMap::new();
+        h.insert("host", "api.example.com:8080".parse().unwrap());
+        assert_eq!(request_host(&h, &"/".parse().unwrap()), "api.example.com");
+        h.insert("host", "[::1]:8080".parse().unwrap());
+        assert_eq!(request_host(&h, &"/".parse().unwrap()), "::1");
+    }
+
+    #[test]
+    fn strip_prefix() {
+        assert_eq!(p("/users").strip("/users/7"), "/7");
+        assert_eq!(p("/users").strip("/users"), "/");
+        assert_eq!(p("/").strip("/a"), "/a");
+    }
+}

@@ -1,0 +1,120 @@
+//! Assembles the Pingora server from the config: proxy listeners, the admin listener, and
+//! the background tasks (health checks, reload triggers).
+
+use crate::admin::Admin;
+use crate::config::File;
+use crate::live::Live;
+use crate::proxy::Gateway;
+use crate::upstream::health::HealthChecker;
+use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Flags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Pingora's settings from `[server]`. The configuration must go in through
+/// `new_with_opt_and_conf`: set later, the upgrade socket stays at its default and an
+/// upgrading process would not find the old one.
+pub fn server_conf(file: &File, flags: &Flags) -> ServerConf {
+    let s = &file.server;
+    ServerConf {
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        daemon: flags.daemon,
+        user: s.user.clone(),
+        group: s.group.clone(),
+        grace_period_seconds: Some(s.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.0.as_secs()),
+        ..ServerConf::default()
+    }
+}
+
+pub fn run(live: Arc<Live>, flags: Flags) -> ! {
+    let file = live.boot().clone();
+    for p in [&file.server.pid_file, &file.server.upgrade_sock] {
+        if let Some(dir) = std::path::Path::new(p).parent() {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                log::warn!("cannot create {}: {e}", dir.display());
+            }
+        }
+    }
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&file, &flags));
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { live: live.clone() }, "gatehouse proxy");
+    for l in file.listeners.values() {
+        proxy.add_tcp(&l.addr);
+    }
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.keepalive_request_limit = Some(file.server.keepalive_requests);
+        app.server_options = Some(opts);
+    }
+    server.add_service(proxy);
+
+    if let Some(admin) = &file.admin {
+        let mut svc = Service::new("gatehouse admin".to_string(), Admin { live: live.clone() });
+        svc.add_tcp(&admin.addr);
+        server.add_service(svc);
+    }
+    server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
+    server.add_service(background_service("reload triggers", ReloadTriggers { live }));
+    server.run_forever()
+}
+
+/// SIGHUP, and with `watch_config` a change of the file's modification time, reload the
+/// config. Pingora owns SIGTERM/SIGQUIT/SIGINT; SIGHUP is ours.
+struct ReloadTriggers {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadTriggers {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        let watch = self.live.boot().server.watch_config;
+        let mtime = || std::fs::metadata(&self.live.path).and_then(|m| m.modified()).ok();
+        let mut last = mtime();
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading {}", self.live.path.display());
+                    let live = self.live.clone();
+                    let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                }
+                _ = poll.tick(), if watch => {
+                    let now = mtime();
+                    if now != last {
+                        last = now;
+                        log::info!("{} changed: reloading", self.live.path.display());
+                        let live = self.live.clone();
+                        let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The runtime model: what one request reads, built from a validated file.
+//!
+//! A snapshot is immutable. A reload builds a new one off the request path and swaps it in
+//! atomically (`crate::live`), reusing clusters, plugin instances and the access log from
+//! the previous snapshot where their config did not change.
+
+use crate::access_log::{AccessLog, Sink};
+use crate::config::{self, ConfigError, ConfigErrors};
+use crate::metrics::METRICS;
+use crate::router::{Conditions, HostMatch, PathMatch, Router};
+use crate::upstream::Cluster;
+use gatehouse_plugins::Plugin;
+use prometheus::{Histogram, IntCounter};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Metric handles resolved once per route, so a request does not hash label values.
+pub struct RouteMetrics {
+    pub duration: Histogram,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub cluster: Option<Arc<Cluster>>,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+    pub timeout: Option<Duration>,
+    pub max_body: Option<u64>,
+    /// Sorted by priority, highest first: the request-side order.
+    pub plugins: Vec<Arc<dyn Plugin>>,
+    pub metrics: RouteMetrics,
+}
+
+type PluginKey = (String, String);
+
+pub struct Snapshot {
+    pub file: config::File,
+    /// FNV-1a of the file text, hex: tells an operator which file is live.
+    pub hash: String,
+    pub loaded_at: SystemTime,
+    pub router: Router<Arc<Route>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub access_log: Arc<AccessLog>,
+    pub admin_token: Option<String>,
+    plugin_instances: HashMap<PluginKey, Arc<dyn Plugin>>,
+}
+
+pub fn text_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Snapshot {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Builds the runtime model. `prev` donates unchanged parts; `file_name` is for errors.
+    pub fn build(file: config::File, text: &str, file_name: &str, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+        let err = |key: String, reason: String| ConfigErrors::one(ConfigError::new(file_name, &key, reason));
+
+        let mut clusters = BTreeMap::new();
+        for (name, u) in &file.upstreams {
+            let reused = prev.and_then(|p| p.clusters.get(name)).filter(|c| c.config == *u).cloned();
+            let cluster = match reused {
+                Some(c) => c,
+                None => Arc::new(Cluster::new(name, u).map_err(|e| err(format!("upstreams.{name}"), e))?),
+            };
+            clusters.insert(name.clone(), cluster);
+        }
+
+        let mut instances: HashMap<PluginKey, Arc<dyn Plugin>> = HashMap::new();
+        let mut instance = |name: &str, value: &toml::Value, key: &str| -> Result<Arc<dyn Plugin>, ConfigErrors> {
+            let canonical = (name.to_string(), toml::to_string(value).unwrap_or_default());
+            if let Some(p) = instances.get(&canonical) {
+                return Ok(p.clone());
+            }
+            let p = match prev.and_then(|p| p.plugin_instances.get(&canonical)) {
+                Some(p) => p.clone(),
+                None => gatehouse_plugins::build(name, value).map_err(|e| err(format!("{key}.{name}"), e.to_string()))?,
+            };
+            instances.insert(canonical, p.clone());
+            Ok(p)
+        };
+
+        let mut router = Router::new();
+        for (name, r) in &file.routes {
+            let base = format!("routes.{name}");
+            let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+            for (pname, value) in &file.plugins {
+                if !r.plugins.contains_key(pname) {
+                    plugins.push(instance(pname, value, "plugins")?);
+                }
+            }
+            for (pname, value) in &r.plugins {
+                plugins.push(instance(pname, value, &format!("{base}.plugins"))?);
+            }
+            plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+
+            let mut paths = Vec::with_capacity(r.paths.len());
+            for (i, p) in r.paths.iter().enumerate() {
+                paths.push(PathMatch::parse(p).map_err(|e| err(format!("{base}.paths[{i}]"), e))?);
+            }
+            let mut methods = Vec::new();
+            for m in &r.methods {
+                methods
+                    .push(http::Method::from_bytes(m.as_bytes()).map_err(|_| err(format!("{base}.methods"), format!("bad method `{m}`")))?);
+            }
+            let mut headers = Vec::new();
+            for (k, v) in &r.headers {
+                let n =
+                    http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| err(format!("{base}.headers.{k}"), "bad header name".into()))?;
+                let v = http::HeaderValue::from_str(v).map_err(|_| err(format!("{base}.headers.{k}"), "bad header value".into()))?;
+                headers.push((n, v));
+            }
+            let cluster = match &r.upstream {
+                Some(u) => Some(
+                    clusters
+                        .get(u)
+                        .cloned()
+                        .ok_or_else(|| err(format!("{base}.upstream"), format!("upstream `{u}` is not defined")))?,
+                ),
+                None => None,
+            };
+            let route = Route {
+                name: Arc::from(name.as_str()),
+                cluster,
+                strip_prefix: r.strip_prefix,
+                preserve_host: r.preserve_host,
+                timeout: r.timeout.map(|d| d.0),
+                max_body: r.max_body.map(|s| s.0),
+                plugins,
+                metrics: RouteMetrics {
+                    duration: METRICS.request_duration.with_label_values(&[name]),
+                    bytes_in: METRICS.bytes_received.with_label_values(&[name]),
+                    bytes_out: METRICS.bytes_sent.with_label_values(&[name]),
+                },
+            };
+            let cond = Conditions {
+                hosts: HostMatch::new(&r.hosts),
+                methods,
+                headers,
+            };
+            router.add(name, Arc::new(route), cond, r.priority, paths);
+        }
+
+        let sink = Sink::parse(&file.log.access);
+        let access_log = match prev {
+            Some(p) if p.access_log.sink == sink => p.access_log.clone(),
+            _ => Arc::new(AccessLog::new(sink)),
+        };
+
+        Ok(Snapshot {
+            hash: text_hash(text),
+            loaded_at: SystemTime::now(),
+            router: router.finish(),
+            clusters,
+            trusted_proxies: file.server.trusted_proxies.iter().map(|c| c.0).collect(),
+            access_log,
+            admin_token: file.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.value.clone()),
+            plugin_instances: instances,
+            file,
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! Upstream clusters: their targets, how one is chosen, and how health is tracked.
+//!
+//! A `Cluster` is shared (`Arc`) between config snapshots when its section did not change,
+//! so a reload keeps health state, in-flight counts and the round-robin position.
+
+mod balance;
+pub mod health;
+
+use crate::config::{self, Balance};
+use crate::metrics::METRICS;
+use pingora_core::upstreams::peer::HttpPeer;
+use prometheus::{Histogram, IntGauge};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use balance::HashKey;
+
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Text form for logs and labels, kept to avoid formatting per request.
+    pub name: Arc<str>,
+    pub weight: u32,
+    healthy: AtomicBool,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    pub in_flight: AtomicUsize,
+    /// A ready-made peer: cloning it is cheaper than building one per request.
+    peer: HttpPeer,
+    healthy_gauge: IntGauge,
+}
+
+impl Target {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Applies one health check result; flips state only after the configured streak.
+    pub fn record_check(&self, cluster: &str, ok: bool, hc: &config::HealthCheck) {
+        if ok {
+            self.fail_streak.store(0, Ordering::Relaxed);
+            let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= hc.healthy_after && !self.healthy.swap(true, Ordering::Relaxed) {
+                log::warn!("upstream {cluster}: target {} is healthy again", self.name);
+                self.healthy_gauge.set(1);
+            }
+        } else {
+            self.ok_streak.store(0, Ordering::Relaxed);
+            let n = self.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= hc.unhealthy_after && self.healthy.swap(false, Ordering::Relaxed) {
+                log::warn!("upstream {cluster}: target {} is unhealthy, taking it out", self.name);
+                self.healthy_gauge.set(0);
+            }
+        }
+    }
+}
+
+pub struct Cluster {
+    pub name: Arc<str>,
+    /// The section this cluster was built from; a reload compares it to decide on reuse.
+    pub config: config::Upstream,
+    pub targets: Vec<Target>,
+    pub balance: Balance,
+    pub hash_key: Option<HashKey>,
+    /// Smooth weighted round-robin order, precomputed so picking is one atomic add.
+    schedule: Vec<u32>,
+    cursor: AtomicUsize,
+    pub retries: u32,
+    pub duration: Histogram,
+}
+
+impl Cluster {
+    pub fn new(name: &str, cfg: &config::Upstream) -> Result<Cluster, String> {
+        let mut targets = Vec::with_capacity(cfg.targets.len());
+        for t in &cfg.targets {
+            let addr: SocketAddr = t.addr().parse().map_err(|_| format!("`{}` is not an IP:port address", t.addr()))?;
+            let mut peer = HttpPeer::new(addr, false, String::new());
+            let o = &mut peer.options;
+            o.connection_timeout = Some(cfg.connect_timeout.0);
+            o.read_timeout = Some(cfg.read_timeout.0);
+            o.write_timeout = Some(cfg.write_timeout.0);
+            o.idle_timeout = Some(cfg.idle_timeout.0);
+            let gauge = METRICS.target_healthy.with_label_values(&[name, t.addr()]);
+            gauge.set(1);
+            targets.push(Target {
+                addr,
+                name: Arc::from(t.addr()),
+                weight: t.weight().max(1),
+                healthy: AtomicBool::new(true),
+                ok_streak: AtomicU32::new(0),
+                fail_streak: AtomicU32::new(0),
+                in_flight: AtomicUsize::new(0),
+                peer,
+                healthy_gauge: gauge,
+            });
+        }
+        let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        Ok(Cluster {
+            name: Arc::from(name),
+            config: cfg.clone(),
+            schedule: balance::smooth_schedule(&weights),
+            cursor: AtomicUsize::new(0),
+            hash_key: cfg.hash_on.as_deref().and_then(HashKey::parse),
+            balance: cfg.balance,
+            targets,
+            retries: cfg.retries,
+            duration: METRICS.upstream_duration.with_label_values(&[name]),
+        })
+    }
+
+    /// A peer for target `idx`, with this route's read timeout if it has its own.
+    pub fn peer(&self, idx: usize, read_timeout: Option<Duration>) -> Box<HttpPeer> {
+        let mut p = Box::new(self.targets[idx].peer.clone());
+        if let Some(t) = read_timeout {
+            p.options.read_timeout = Some(t);
+        }
+        p
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.targets.iter().filter(|t| t.is_healthy()).count()
+    }
+}
+
+/// Counts a request against a target for `least_requests` until dropped, so every exit path
+/// (success, error, retry, client abort) gives the slot back.
+pub struct InFlight {
+    cluster: Arc<Cluster>,
+    idx: usize,
+}
+
+impl InFlight {
+    pub fn new(cluster: Arc<Cluster>, idx: usize) -> Self {
+        cluster.targets[idx].in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { cluster, idx }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.cluster.targets[self.idx]
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.cluster.targets[self.idx].in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
