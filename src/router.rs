@@ -55,14 +55,19 @@ impl PathMatch {
         }
     }
 
-    /// The request path the upstream sees when the route strips its prefix.
-    pub fn strip<'a>(&self, path: &'a str) -> &'a str {
+    /// How many leading bytes of a matched path `strip_prefix` removes.
+    pub fn strip_len(&self, path: &str) -> usize {
         let cut = match self {
             PathMatch::Prefix(p) if p != "/" => p.len(),
             PathMatch::Exact(e) => e.len(),
             _ => 0,
         };
-        let rest = &path[cut.min(path.len())..];
+        cut.min(path.len())
+    }
+
+    /// The request path the upstream sees when the route strips its prefix.
+    pub fn strip<'a>(&self, path: &'a str) -> &'a str {
+        let rest = &path[self.strip_len(path)..];
         if rest.is_empty() {
             "/"
         } else {

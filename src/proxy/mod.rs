@@ -44,7 +44,7 @@ impl ProxyHttp for Gateway {
             let host = crate::router::request_host(&req.headers, &req.uri);
             snap.router.find(host, &req.method, req.uri.path(), &req.headers).map(|m| {
                 let strip = if m.route.strip_prefix {
-                    req.uri.path().len() - m.path.strip(req.uri.path()).len()
+                    m.path.strip_len(req.uri.path())
                 } else {
                     0
                 };

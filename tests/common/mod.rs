@@ -1,0 +1,33 @@
+//! Test harness: real upstream servers and the real gateway binary on 127.0.0.1, on
+//! ephemeral ports, with readiness checks instead of sleeps.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
+
+pub use client::{get, request, Response};
+pub use gateway::Gateway;
+pub use upstream::{Behavior, Upstream};
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` until it holds or `timeout` passes; the readiness check tests use instead
+/// of sleeping.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A free port on 127.0.0.1: bound, then released. The gateway binds it right after;
+/// the window is small and each test uses its own ports.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}

@@ -1,0 +1,246 @@
+//! Config refusal (`gatehouse -t`) for each kind of bad input, and hot reload.
+
+mod common;
+use common::{gateway::test_dir, wait_until, Gateway, Upstream};
+use std::process::Command;
+use std::time::Duration;
+
+const BASE: &str = r#"
+[server]
+pid_file = "/tmp/gh-test/gatehouse.pid"
+upgrade_sock = "/tmp/gh-test/upgrade.sock"
+[listeners.public]
+addr = "127.0.0.1:18080"
+[upstreams.users]
+targets = ["127.0.0.1:9001"]
+[routes.users]
+paths = ["/users"]
+upstream = "users"
+"#;
+
+/// Runs `gatehouse -t` on `text`; returns (exit code, stderr).
+fn check(text: &str) -> (i32, String, String) {
+    let dir = test_dir();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(Gateway::bin()).arg("-t").arg("-c").arg(&path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+fn refused(text: &str, key: &str, reason: &str) {
+    let (code, err, file) = check(text);
+    assert_eq!(code, 1, "expected refusal, got {code}: {err}");
+    let expected = format!("{file}: {key}: ");
+    assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    assert!(err.contains(reason), "missing reason `{reason}` in:\n{err}");
+}
+
+#[test]
+fn valid_config_passes_and_shipped_configs_pass() {
+    let (code, err, _) = check(BASE);
+    assert_eq!(code, 0, "{err}");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = vec![format!("{root}/conf/gatehouse.toml")];
+    for e in std::fs::read_dir(format!("{root}/conf/examples")).unwrap() {
+        files.push(e.unwrap().path().display().to_string());
+    }
+    for f in files.iter().filter(|f| f.ends_with(".toml")) {
+        let out = Command::new(Gateway::bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(f)
+            .env("GATEHOUSE_ADMIN_TOKEN", "x")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn each_kind_of_bad_input_is_refused_with_key_and_reason() {
+    refused(
+        &BASE.replace("[routes.users]", "[routes.users]\ncolour = \"red\""),
+        "routes.users.colour",
+        "unknown field `colour`",
+    );
+    refused(&format!("{BASE}\n[server2]\n"), "server2", "unknown field `server2`");
+    refused(
+        &BASE.replace("upstream = \"users\"", "upstream = \"nope\""),
+        "routes.users.upstream",
+        "upstream `nope` is not defined",
+    );
+    refused(
+        &format!("{BASE}\n[routes.users.plugins.nosuch]\nx = 1\n"),
+        "routes.users.plugins.nosuch",
+        "unknown plugin `nosuch`",
+    );
+    refused(
+        &format!("{BASE}\n[routes.users.plugins.headers]\nrequest_sett = {{}}\n"),
+        "routes.users.plugins.headers.request_sett",
+        "unknown field `request_sett`",
+    );
+    refused(
+        &format!("{BASE}\n[listeners.other]\naddr = \"127.0.0.1:18080\"\n"),
+        "listeners.public.addr",
+        "duplicate listener",
+    );
+    refused(
+        &BASE.replace("paths = [\"/users\"]", "paths = [\"~^/users/([0-9]+$\"]"),
+        "routes.users.paths[0]",
+        "invalid regex",
+    );
+    refused(
+        &BASE.replace("[listeners.public]\naddr = \"127.0.0.1:18080\"", ""),
+        "listeners",
+        "at least one listener",
+    );
+    refused(
+        &BASE.replace(
+            "pid_file = \"/tmp/gh-test/gatehouse.pid\"",
+            "pid_file = \"/tmp/gh-test/gatehouse.pid\"\ntrusted_proxies = [\"10.0.0.0/33\"]",
+        ),
+        "server.trusted_proxies[0]",
+        "invalid CIDR",
+    );
+    refused(
+        &BASE.replace("/tmp/gh-test/upgrade.sock", "run/upgrade.sock"),
+        "server.upgrade_sock",
+        "must be an absolute path",
+    );
+    refused(
+        &BASE.replace(
+            "[routes.users]",
+            "[upstreams.users.health_check]\ninterval = \"soon\"\n[routes.users]",
+        ),
+        "upstreams.users.health_check.interval",
+        "invalid duration",
+    );
+    refused(
+        &BASE.replace("127.0.0.1:9001", "localhost"),
+        "upstreams.users.targets[0]",
+        "not an IP:port",
+    );
+    refused(
+        &format!("{BASE}\n[admin]\naddr = \"0.0.0.0:9901\"\n"),
+        "admin.token",
+        "required when admin.addr",
+    );
+    refused(
+        &format!("{BASE}\n[admin]\naddr = \"127.0.0.1:9901\"\ntoken = \"env:GH_SURELY_UNSET\"\n"),
+        "admin.token",
+        "GH_SURELY_UNSET",
+    );
+    refused(
+        &BASE.replace("upstream = \"users\"", ""),
+        "routes.users.upstream",
+        "required unless",
+    );
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let text = BASE
+        .replace("upstream = \"users\"", "upstream = \"nope\"")
+        .replace("/tmp/gh-test/upgrade.sock", "rel.sock");
+    let (code, err, _) = check(&text);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes.users.upstream") && err.contains("server.upgrade_sock"),
+        "{err}"
+    );
+}
+
+fn two_routes(up: &Upstream, second: &str) -> String {
+    format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+[upstreams.u.health_check]
+path = "/healthz"
+interval = "100ms"
+timeout = "200ms"
+unhealthy_after = 1
+healthy_after = 100
+[routes.main]
+paths = ["/"]
+upstream = "u"
+{second}
+"#,
+        up = up.addr
+    )
+}
+
+#[test]
+fn reload_applies_changes_refuses_bad_files_and_keeps_health_state() {
+    let up = Upstream::start("u");
+    let spare = Upstream::start("spare");
+    let gw = Gateway::start(&format!(
+        "{}\n[upstreams.s]\ntargets = [\"{}\"]\n[upstreams.s.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_after = 1\nhealthy_after = 1000\n[routes.spare]\npaths = [\"/spare\"]\nupstream = \"s\"\n",
+        two_routes(&up, ""),
+        spare.addr
+    ));
+    assert_eq!(gw.get("/new").body, "u");
+
+    // A route change takes effect.
+    gw.write_config(&format!(
+        "{}\n[upstreams.s]\ntargets = [\"{}\"]\n[upstreams.s.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_after = 1\nhealthy_after = 1000\n[routes.spare]\npaths = [\"/spare\"]\nupstream = \"s\"\n",
+        two_routes(&up, "[routes.new]\npaths = [\"/new\"]\n[routes.new.plugins.respond]\nbody = \"new route\""),
+        spare.addr
+    ));
+    let r = gw.reload();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["changed"], true);
+    assert_eq!(gw.get("/new").body, "new route");
+
+    // Take the spare target out; with healthy_after = 1000 it cannot come back by itself,
+    // so it is still out after a reload only if the cluster's state was kept.
+    spare.set(|b| b.health = 500);
+    wait_until(Duration::from_secs(5), "spare unhealthy", || gw.get("/spare").status == 503);
+    spare.set(|b| b.health = 200);
+    let hash_before = gw.admin_get("/status").json()["config"]["hash"].clone();
+
+    // An invalid file changes nothing, and says why.
+    let good = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        good.replace("paths = [\"/new\"]", "paths = [\"/new\"]\nupstream = \"missing\""),
+    )
+    .unwrap();
+    let r = gw.reload();
+    assert_eq!(r.status, 400);
+    let errors = r.json()["errors"].to_string();
+    assert!(errors.contains("routes.new.upstream") && errors.contains("missing"), "{errors}");
+    assert_eq!(gw.get("/new").body, "new route", "old config keeps serving");
+    let status = gw.admin_get("/status").json();
+    assert_eq!(status["config"]["hash"], hash_before);
+    assert!(status["reload"]["last_error"].to_string().contains("routes.new.upstream"));
+
+    // SIGHUP reload with an unrelated change keeps the unchanged cluster's health state.
+    std::fs::write(&gw.config_path, good.replace("body = \"new route\"", "body = \"newer route\"")).unwrap();
+    gw.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(5), "SIGHUP reload", || gw.get("/new").body == "newer route");
+    assert_eq!(gw.get("/spare").status, 503, "spare's health state survived the reload");
+    assert!(gw.admin_get("/status").json()["reload"]["last_error"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn reload_reports_changes_that_need_an_upgrade() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&two_routes(&up, ""));
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(&gw.config_path, text.replace("threads = 1", "threads = 2")).unwrap();
+    let r = gw.reload();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["needs_upgrade"], serde_json::json!(["server.threads"]));
+    assert_eq!(
+        gw.admin_get("/status").json()["reload"]["needs_upgrade"],
+        serde_json::json!(["server.threads"])
+    );
+}
