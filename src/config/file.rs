@@ -18,6 +18,8 @@ pub struct File {
     #[serde(default)]
     pub log: Log,
     #[serde(default)]
+    pub metrics: MetricsCfg,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: BTreeMap<String, Route>,
@@ -137,6 +139,24 @@ impl Default for Log {
             access: d_access(),
             level: d_level(),
         }
+    }
+}
+
+/// `[metrics]`: Prometheus collection. On by default; off only to measure what it costs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsCfg {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+impl Default for MetricsCfg {
+    fn default() -> Self {
+        MetricsCfg { enabled: true }
     }
 }
 

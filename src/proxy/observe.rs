@@ -21,27 +21,15 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     let target = ctx.upstream.in_flight.as_ref().map(|f| f.target().name.clone());
 
     let req = session.req_header();
-    let route_label = if ctx.route.is_some() { ctx.route_name() } else { "_none" };
-    let status_label = http::StatusCode::from_u16(status).map(|s| s.as_str().to_owned());
-    METRICS
-        .requests
-        .with_label_values(&[route_label, req.method.as_str(), status_label.as_deref().unwrap_or("0")])
-        .inc();
+    let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
+    if metrics_on {
+        record_metrics(req.method.as_str(), status, elapsed, bytes_in, bytes_out, ctx);
+    }
     if let Some(route) = ctx.route.as_ref() {
-        route.metrics.duration.observe(elapsed.as_secs_f64());
-        route.metrics.bytes_in.inc_by(bytes_in as u64);
-        route.metrics.bytes_out.inc_by(bytes_out as u64);
-        if let (Some(c), Some(up)) = (route.cluster.as_ref(), ctx.upstream.elapsed) {
-            c.duration.observe(up.as_secs_f64());
-        }
-        if let Some(reason) = ctx.plugin.rejection {
-            METRICS.rejections.with_label_values(&[&route.name, reason]).inc();
-        }
         for p in route.plugins.iter() {
             p.log(status, &ctx.plugin);
         }
     }
-
     if let Some(snap) = ctx.snapshot.as_ref() {
         if snap.access_log.enabled() {
             let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
@@ -70,4 +58,24 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     // Releases the target's in-flight slot.
     ctx.upstream.in_flight = None;
+}
+
+fn record_metrics(method: &str, status: u16, elapsed: std::time::Duration, bytes_in: usize, bytes_out: usize, ctx: &Ctx) {
+    let route_label = if ctx.route.is_some() { ctx.route_name() } else { "_none" };
+    let status_label = http::StatusCode::from_u16(status).map(|s| s.as_str().to_owned());
+    METRICS
+        .requests
+        .with_label_values(&[route_label, method, status_label.as_deref().unwrap_or("0")])
+        .inc();
+    if let Some(route) = ctx.route.as_ref() {
+        route.metrics.duration.observe(elapsed.as_secs_f64());
+        route.metrics.bytes_in.inc_by(bytes_in as u64);
+        route.metrics.bytes_out.inc_by(bytes_out as u64);
+        if let (Some(c), Some(up)) = (route.cluster.as_ref(), ctx.upstream.elapsed) {
+            c.duration.observe(up.as_secs_f64());
+        }
+        if let Some(reason) = ctx.plugin.rejection {
+            METRICS.rejections.with_label_values(&[&route.name, reason]).inc();
+        }
+    }
 }

@@ -1,0 +1,884 @@
+//! The benchmark ladder behind `scripts/bench`: the same load against an upstream directly
+//! (D), nginx as a reverse proxy (N), the bare Pingora floor (P) and Gatehouse rows (G*),
+//! interleaved over several rounds so drift on a shared machine hits every row alike.
+//!
+//! For each row: requests/s, proxy CPU microseconds per request (utime+stime of the proxy
+//! processes from /proc over the run, divided by requests), p50/p99 from wrk, p99 and p99.9
+//! at a fixed open-loop rate from k6 (half of N's maximum), errors and RSS. Then memory:
+//! Gatehouse's RSS idle and holding many idle keep-alive connections.
+//!
+//! Run through `scripts/bench` (it builds the release binaries first); `--help` for flags.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    smoke: bool,
+    rounds: usize,
+    duration: u64,
+    connections: usize,
+    proxy_cpus: String,
+    load_cpus: String,
+    rows: Vec<String>,
+    k6: bool,
+    memory_conns: usize,
+    out: PathBuf,
+    results_md: Option<PathBuf>,
+}
+
+const HELP: &str = "scripts/bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
+  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,G0,G1,G4,GJ,GR,GC] [--no-k6]
+  [--memory-conns N] [--out FILE.json] [--results-md FILE]";
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        smoke: false,
+        rounds: 3,
+        duration: 10,
+        connections: 50,
+        proxy_cpus: "0".into(),
+        load_cpus: "1".into(),
+        rows: vec![],
+        k6: true,
+        memory_conns: 10_000,
+        out: PathBuf::from("loadtest/results/latest.json"),
+        results_md: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let val = |i: &mut usize| -> String {
+        *i += 1;
+        args.get(*i).cloned().unwrap_or_else(|| {
+            eprintln!("{HELP}");
+            std::process::exit(2)
+        })
+    };
+    while i < args.len() {
+        match args[i].as_str() {
+            "--smoke" => o.smoke = true,
+            "--rounds" => o.rounds = val(&mut i).parse().unwrap_or(3),
+            "--duration" => o.duration = val(&mut i).parse().unwrap_or(10),
+            "--connections" => o.connections = val(&mut i).parse().unwrap_or(50),
+            "--proxy-cpus" => o.proxy_cpus = val(&mut i),
+            "--load-cpus" => o.load_cpus = val(&mut i),
+            "--rows" => o.rows = val(&mut i).split(',').map(|s| s.trim().to_string()).collect(),
+            "--no-k6" => o.k6 = false,
+            "--memory-conns" => o.memory_conns = val(&mut i).parse().unwrap_or(10_000),
+            "--out" => o.out = PathBuf::from(val(&mut i)),
+            "--results-md" => o.results_md = Some(PathBuf::from(val(&mut i))),
+            "-h" | "--help" => {
+                println!("{HELP}");
+                std::process::exit(0)
+            }
+            other => {
+                eprintln!("unknown flag {other}\n{HELP}");
+                std::process::exit(2)
+            }
+        }
+        i += 1;
+    }
+    if o.smoke {
+        o.rounds = 1;
+        o.duration = 2;
+        o.memory_conns = o.memory_conns.min(500);
+        o.out = PathBuf::from("target/bench-smoke.json");
+    }
+    if o.rows.is_empty() {
+        o.rows = ["D", "N", "P", "G0", "G1", "G4", "GJ", "GR", "GC"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    o
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn pinned(cpus: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(cpus).arg(program);
+    c
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Child {
+    let f = std::fs::File::create(log).expect("log file");
+    let f2 = f.try_clone().expect("log file");
+    cmd.stdout(Stdio::from(f))
+        .stderr(Stdio::from(f2))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// This pid and every descendant (nginx forks its worker).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                    out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                }
+            }
+        }
+        i += 1;
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// utime+stime in clock ticks, summed over the process tree.
+fn cpu_ticks(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+fn clk_tck() -> f64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+struct Row {
+    name: String,
+    what: String,
+    port: u16,
+    path: String,
+    pid: Option<u32>,
+    child: Option<Child>,
+    script: Option<String>,
+    env: Vec<(String, String)>,
+    k6_env: Vec<(String, String)>,
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    rps: f64,
+    requests: u64,
+    cpu_us: Option<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    rss: u64,
+}
+
+fn parse_latency(v: &str) -> f64 {
+    let v = v.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn run_wrk(o: &Opts, row: &Row, secs: u64) -> Sample {
+    let url = format!("http://127.0.0.1:{}{}", row.port, row.path);
+    let mut cmd = pinned(&o.load_cpus, "wrk");
+    cmd.args(["-t1", &format!("-c{}", o.connections), &format!("-d{secs}s"), "--latency"]);
+    if let Some(s) = &row.script {
+        cmd.args(["-s", s]);
+    }
+    cmd.arg(&url);
+    for (k, v) in &row.env {
+        cmd.env(k, v);
+    }
+    let before = row.pid.map(cpu_ticks);
+    let out = cmd.output().expect("run wrk (is it installed? scripts/setup bench)");
+    let after = row.pid.map(cpu_ticks);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut s = Sample::default();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            s.rps = v.trim().parse().unwrap_or(0.0);
+        } else if l.contains(" requests in ") {
+            s.requests = l.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("50%") {
+            s.p50_ms = parse_latency(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            s.p99_ms = parse_latency(v);
+        } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            s.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("Socket errors:") {
+            // connect 0, read 0, write 0, timeout 0
+            s.errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    if s.requests == 0 {
+        eprintln!(
+            "wrk produced no requests for {}:\n{text}\n{}",
+            row.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s.errors += 1;
+    }
+    if let (Some(b), Some(a)) = (before, after) {
+        if s.requests > 0 {
+            s.cpu_us = Some((a - b) as f64 / clk_tck() * 1e6 / s.requests as f64);
+        }
+    }
+    s.rss = row.pid.map(rss_bytes).unwrap_or(0);
+    s
+}
+
+/// (p99 ms, p99.9 ms, failed requests) at a fixed open-loop rate.
+fn run_k6(o: &Opts, row: &Row, rate: u64, secs: u64, dir: &Path) -> Option<(f64, f64, u64)> {
+    let summary = dir.join(format!("k6-{}.json", row.name));
+    let mut cmd = pinned(&o.load_cpus, "k6");
+    cmd.args(["run", "--quiet", "--no-color", "--summary-export"])
+        .arg(&summary)
+        .arg("loadtest/constant_rate.js")
+        .env("TARGET", format!("http://127.0.0.1:{}{}", row.port, row.path))
+        .env("RATE", rate.to_string())
+        .env("DURATION", format!("{secs}s"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in &row.k6_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().ok()?;
+    let text = std::fs::read_to_string(&summary).ok();
+    let Some(text) = text else {
+        eprintln!("k6 failed for {}: {}", row.name, String::from_utf8_lossy(&out.stderr));
+        return None;
+    };
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let d = &v["metrics"]["http_req_duration"];
+    let failed = v["metrics"]["http_req_failed"]["passes"].as_u64().unwrap_or(0);
+    Some((d["p(99)"].as_f64()?, d["p(99.9)"].as_f64()?, failed))
+}
+
+fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, variant: &str, redis: Option<u16>) -> PathBuf {
+    let access = if variant == "G0" {
+        "off".to_string()
+    } else {
+        dir.join(format!("access-{variant}.log")).display().to_string()
+    };
+    let metrics = variant != "G0";
+    let mut plugins = String::new();
+    let mut extra = String::new();
+    match variant {
+        "G4" | "GR" => {
+            plugins.push_str("[routes.bench.plugins.key_auth]\n");
+            let store = if variant == "GR" { "redis" } else { "local" };
+            plugins.push_str(&format!(
+                "[routes.bench.plugins.rate_limit]\nrequests = 100000000\nper = \"1s\"\nkey = \"consumer\"\nstore = \"{store}\"\n"
+            ));
+            extra.push_str("[consumers.bench]\nkeys = [\"bench-key-0001\"]\n");
+        }
+        "GJ" => {
+            plugins.push_str(&format!(
+                "[routes.bench.plugins.jwt_auth]\nkeys = [{{ kid = \"bench\", alg = \"ES256\", pem = \"file:{}\" }}]\nalgorithms = [\"ES256\"]\n",
+                dir.join("jwt-ec.pub.pem").display()
+            ));
+        }
+        "GC" => {
+            plugins.push_str("[routes.bench.plugins.cache]\ndefault_ttl = \"1h\"\n");
+            extra.push_str("[cache]\nmemory = \"64MiB\"\n");
+        }
+        _ => {}
+    }
+    if let Some(r) = redis {
+        extra.push_str(&format!(
+            "[store]\npath = \"{}\"\nredis = \"redis://127.0.0.1:{r}/0\"\ntimeout = \"50ms\"\n",
+            dir.join(format!("store-{variant}")).display()
+        ));
+    } else if variant == "G4" {
+        extra.push_str(&format!("[store]\npath = \"{}\"\n", dir.join(format!("store-{variant}")).display()));
+    }
+    let text = format!(
+        r#"[server]
+threads = 1
+pid_file = "{dir}/gh-{variant}.pid"
+upgrade_sock = "{dir}/gh-{variant}.sock"
+
+[listeners.public]
+addr = "127.0.0.1:{port}"
+
+[admin]
+addr = "127.0.0.1:{admin}"
+
+[metrics]
+enabled = {metrics}
+
+[log]
+access = "{access}"
+level = "warn"
+
+[upstreams.bench]
+targets = ["127.0.0.1:{upstream}"]
+
+[routes.bench]
+paths = ["/"]
+upstream = "bench"
+{plugins}
+{extra}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join(format!("gatehouse-{variant}.toml"));
+    std::fs::write(&path, text).expect("write gatehouse config");
+    path
+}
+
+fn describe(name: &str) -> &'static str {
+    match name {
+        "D" => "wrk straight to the upstream",
+        "N" => "nginx reverse proxy (1 worker, upstream keepalive)",
+        "P" => "bare Pingora 0.9 proxy (the floor)",
+        "G0" => "Gatehouse, one route, no plugins, metrics and access log off",
+        "G1" => "G0 + metrics + access log to a file",
+        "G4" => "G1 + key auth + local rate limit (never rejects)",
+        "GJ" => "G1 + JWT ES256",
+        "GR" => "G4 with the rate limit in Redis",
+        "GC" => "G1 + cache, every request a hit",
+        _ => "",
+    }
+}
+
+fn main() {
+    let o = opts();
+    let root = std::env::current_dir().expect("cwd");
+    let dir = std::env::temp_dir().join(format!("gatehouse-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    raise_fd_limit();
+
+    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(1024 - 11));
+    let up_port = free_port();
+    let nginx_up = std::fs::read_to_string(root.join("loadtest/nginx-upstream.conf"))
+        .expect("loadtest/nginx-upstream.conf")
+        .replace("__PORT__", &up_port.to_string())
+        .replace("__DIR__", &dir.display().to_string())
+        .replace("__BODY__", &body);
+    std::fs::write(dir.join("nginx-upstream.conf"), nginx_up).expect("write nginx conf");
+    let nginx = if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let mut cmd = pinned(&o.load_cpus, nginx);
+    cmd.arg("-c").arg(dir.join("nginx-upstream.conf")).arg("-p").arg(&dir);
+    let mut upstream = spawn(cmd, &dir.join("nginx-upstream.log"));
+    assert!(wait_port(up_port), "upstream nginx did not start");
+
+    let gh = root.join("target/release/gatehouse");
+    let bare = root.join("target/release/examples/bare_proxy");
+    let mut rows: Vec<Row> = Vec::new();
+    let mut redis_child: Option<Child> = None;
+    for name in &o.rows {
+        let port = free_port();
+        let mut row = Row {
+            name: name.clone(),
+            what: describe(name).to_string(),
+            port,
+            path: "/".into(),
+            pid: None,
+            child: None,
+            script: None,
+            env: vec![],
+            k6_env: vec![],
+        };
+        let child = match name.as_str() {
+            "D" => {
+                row.port = up_port;
+                None
+            }
+            "N" => {
+                let conf = std::fs::read_to_string(root.join("loadtest/nginx-proxy.conf"))
+                    .expect("loadtest/nginx-proxy.conf")
+                    .replace("__PORT__", &port.to_string())
+                    .replace("__UPSTREAM__", &up_port.to_string())
+                    .replace("__DIR__", &dir.display().to_string());
+                std::fs::write(dir.join("nginx-proxy.conf"), conf).expect("write nginx proxy conf");
+                let mut c = pinned(&o.proxy_cpus, nginx);
+                c.arg("-c").arg(dir.join("nginx-proxy.conf")).arg("-p").arg(&dir);
+                Some(spawn(c, &dir.join("nginx-proxy.log")))
+            }
+            "P" => {
+                let mut c = pinned(&o.proxy_cpus, &bare.display().to_string());
+                c.arg(format!("127.0.0.1:{port}")).arg(format!("127.0.0.1:{up_port}")).arg("1");
+                Some(spawn(c, &dir.join("bare.log")))
+            }
+            g if g.starts_with('G') => {
+                let redis = if g == "GR" {
+                    match start_redis(&dir) {
+                        Some((child, p)) => {
+                            redis_child = Some(child);
+                            Some(p)
+                        }
+                        None => {
+                            eprintln!("skipping GR: redis-server is not available");
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                if g == "GJ" {
+                    match jwt_material(&dir) {
+                        Some(token) => {
+                            row.script = Some("loadtest/bearer.lua".into());
+                            row.env.push(("GATEHOUSE_BENCH_TOKEN".into(), token.clone()));
+                            row.k6_env.push(("TOKEN".into(), token));
+                        }
+                        None => {
+                            eprintln!("skipping GJ: could not make a test token (openssl missing?)");
+                            continue;
+                        }
+                    }
+                }
+                if g == "G4" || g == "GR" {
+                    row.script = Some("loadtest/apikey.lua".into());
+                    row.k6_env.push(("KEY".into(), "bench-key-0001".into()));
+                }
+                let admin = free_port();
+                let conf = gatehouse_config(&dir, port, admin, up_port, g, redis);
+                let check = Command::new(&gh).arg("-t").arg("-c").arg(&conf).output().expect("run gatehouse -t");
+                if !check.status.success() {
+                    eprintln!(
+                        "skipping {g}: this build does not accept its config:\n{}",
+                        String::from_utf8_lossy(&check.stderr)
+                    );
+                    continue;
+                }
+                let mut c = pinned(&o.proxy_cpus, &gh.display().to_string());
+                c.arg("-c").arg(&conf);
+                Some(spawn(c, &dir.join(format!("gatehouse-{g}.log"))))
+            }
+            other => {
+                eprintln!("unknown row {other}");
+                continue;
+            }
+        };
+        if let Some(c) = child {
+            assert!(wait_port(port), "row {name} did not start listening");
+            row.pid = Some(c.id());
+            row.child = Some(c);
+        }
+        rows.push(row);
+    }
+
+    // Warm up every row (connection pools, caches, page faults), unmeasured.
+    for row in &rows {
+        let _ = run_wrk(&o, row, 1);
+    }
+
+    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for round in 0..o.rounds {
+        for row in &rows {
+            let s = run_wrk(&o, row, o.duration);
+            eprintln!(
+                "round {} {:>3}: {:>9.0} req/s  cpu {:>6}  p99 {:.2} ms  errors {}",
+                round + 1,
+                row.name,
+                s.rps,
+                s.cpu_us.map(|c| format!("{c:.1}us")).unwrap_or("-".into()),
+                s.p99_ms,
+                s.errors
+            );
+            samples.entry(row.name.clone()).or_default().push(s);
+        }
+    }
+
+    let median = |v: &mut Vec<f64>| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    };
+    let mut summary: BTreeMap<String, Value> = BTreeMap::new();
+    for row in &rows {
+        let s = &samples[&row.name];
+        let mut rps: Vec<f64> = s.iter().map(|x| x.rps).collect();
+        let mut cpu: Vec<f64> = s.iter().filter_map(|x| x.cpu_us).collect();
+        let mut p50: Vec<f64> = s.iter().map(|x| x.p50_ms).collect();
+        let mut p99: Vec<f64> = s.iter().map(|x| x.p99_ms).collect();
+        let errors: u64 = s.iter().map(|x| x.errors).sum();
+        let rss = s.iter().map(|x| x.rss).max().unwrap_or(0);
+        summary.insert(
+            row.name.clone(),
+            json!({
+                "what": row.what, "rps": median(&mut rps), "cpu_us_per_req": if cpu.is_empty() { Value::Null } else { json!(median(&mut cpu)) },
+                "p50_ms": median(&mut p50), "p99_ms": median(&mut p99), "errors": errors, "rss_bytes": rss,
+                "rounds": s.len(),
+            }),
+        );
+    }
+
+    // Open-loop latency at half of nginx's maximum (or of the fastest proxy row without N).
+    let n_rps = summary
+        .get("N")
+        .and_then(|v| v["rps"].as_f64())
+        .or_else(|| summary.values().filter_map(|v| v["rps"].as_f64()).reduce(f64::min))
+        .unwrap_or(1000.0);
+    let rate = ((n_rps / 2.0) as u64).max(50);
+    if o.k6 {
+        let secs = if o.smoke { 2 } else { o.duration };
+        for row in &rows {
+            if let Some((p99, p999, failed)) = run_k6(&o, row, rate, secs, &dir) {
+                if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
+                    m.insert("k6_rate".into(), json!(rate));
+                    m.insert("k6_p99_ms".into(), json!(p99));
+                    m.insert("k6_p999_ms".into(), json!(p999));
+                    m.insert("k6_failed".into(), json!(failed));
+                }
+            }
+        }
+    }
+
+    let memory = rows
+        .iter()
+        .find(|r| r.name == "G0")
+        .and_then(|r| r.pid.map(|pid| memory_test(pid, r.port, o.memory_conns)));
+
+    // Ratios.
+    let cpu_of = |n: &str| summary.get(n).and_then(|v| v["cpu_us_per_req"].as_f64());
+    let (n_cpu, p_cpu, g0_cpu) = (cpu_of("N"), cpu_of("P"), cpu_of("G0"));
+    for (name, v) in summary.iter_mut() {
+        if let (Some(c), Value::Object(m)) = (v["cpu_us_per_req"].as_f64(), &mut *v) {
+            if let Some(n) = n_cpu {
+                m.insert("x_nginx".into(), json!(c / n));
+            }
+            if let Some(p) = p_cpu {
+                m.insert("x_pingora".into(), json!(c / p));
+            }
+            if let Some(g0) = g0_cpu {
+                if name.starts_with('G') {
+                    m.insert("x_g0".into(), json!(c / g0));
+                }
+            }
+        }
+    }
+
+    let table = render_table(&rows, &summary, memory.as_ref());
+    println!("{table}");
+    let report = json!({
+        "machine": machine(), "commit": commit(), "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "settings": { "rounds": o.rounds, "duration_s": o.duration, "connections": o.connections, "proxy_cpus": o.proxy_cpus, "load_cpus": o.load_cpus, "k6_rate": rate, "smoke": o.smoke },
+        "rows": summary, "memory": memory,
+    });
+    if let Some(parent) = o.out.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::write(&o.out, serde_json::to_string_pretty(&report).unwrap_or_default());
+    eprintln!("wrote {}", o.out.display());
+    if let Some(md) = &o.results_md {
+        write_results_md(md, &report, &table);
+    }
+
+    for row in rows.iter_mut() {
+        if let Some(mut c) = row.child.take() {
+            stop(&mut c);
+        }
+    }
+    if let Some(mut r) = redis_child {
+        stop(&mut r);
+    }
+    stop(&mut upstream);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let total_errors: u64 = summary
+        .values()
+        .map(|v| v["errors"].as_u64().unwrap_or(0) + v["k6_failed"].as_u64().unwrap_or(0))
+        .sum();
+    if total_errors > 0 {
+        eprintln!("FAIL: {total_errors} errors in the ladder");
+        std::process::exit(1);
+    }
+}
+
+fn stop(c: &mut Child) {
+    unsafe {
+        libc::kill(c.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+fn raise_fd_limit() {
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// RSS idle, then holding `n` idle keep-alive connections that each made one request.
+fn memory_test(pid: u32, port: u16, n: usize) -> Value {
+    let idle = rss_bytes(pid);
+    let mut conns = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                if s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n").is_err() {
+                    failed += 1;
+                    continue;
+                }
+                let mut buf = [0u8; 2048];
+                let mut got = 0;
+                // Read the whole response (headers + 1 KiB body) so the connection is idle.
+                while got < 1024 + 100 {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k,
+                    }
+                }
+                conns.push(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let held = rss_bytes(pid);
+    let per = if conns.is_empty() {
+        0.0
+    } else {
+        (held.saturating_sub(idle)) as f64 / conns.len() as f64
+    };
+    eprintln!(
+        "memory: idle {} KiB, {} connections {} KiB, {:.0} bytes per connection ({} failed)",
+        idle / 1024,
+        conns.len(),
+        held / 1024,
+        per,
+        failed
+    );
+    json!({ "idle_rss_bytes": idle, "connections": conns.len(), "failed": failed, "rss_with_connections_bytes": held, "bytes_per_connection": per })
+}
+
+fn start_redis(dir: &Path) -> Option<(Child, u16)> {
+    let port = free_port();
+    let mut c = Command::new("redis-server");
+    c.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+    ])
+    .arg(dir);
+    let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    wait_port(port).then_some((child, port))
+}
+
+/// An EC P-256 key pair made with openssl and an ES256 token signed with it. The bench
+/// avoids a JWT dependency of its own; the gateway verifies with its real library.
+fn jwt_material(dir: &Path) -> Option<String> {
+    let key = dir.join("jwt-ec.pem");
+    let ok = Command::new("openssl")
+        .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+        .arg(&key)
+        .status()
+        .ok()?
+        .success()
+        && Command::new("openssl")
+            .args(["ec", "-in"])
+            .arg(&key)
+            .args(["-pubout", "-out"])
+            .arg(dir.join("jwt-ec.pub.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+    if !ok {
+        return None;
+    }
+    let b64 = |b: &[u8]| -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut s = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..=c.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        s
+    };
+    let header = b64(br#"{"alg":"ES256","typ":"JWT","kid":"bench"}"#);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() + 86400;
+    let claims = b64(format!(r#"{{"sub":"bench","exp":{exp}}}"#).as_bytes());
+    let input = format!("{header}.{claims}");
+    std::fs::write(dir.join("jwt-input"), &input).ok()?;
+    let der = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(&key)
+        .arg(dir.join("jwt-input"))
+        .output()
+        .ok()?
+        .stdout;
+    // DER ECDSA signature -> raw r||s (32 bytes each) as JWS wants.
+    let (r, s) = parse_der_sig(&der)?;
+    let mut raw = vec![0u8; 64];
+    raw[32 - r.len()..32].copy_from_slice(r);
+    raw[64 - s.len()..].copy_from_slice(s);
+    Some(format!("{input}.{}", b64(&raw)))
+}
+
+fn parse_der_sig(d: &[u8]) -> Option<(&[u8], &[u8])> {
+    if d.first()? != &0x30 {
+        return None;
+    }
+    let mut i = 2;
+    let int = |i: &mut usize| -> Option<&[u8]> {
+        if d.get(*i)? != &0x02 {
+            return None;
+        }
+        let len = *d.get(*i + 1)? as usize;
+        let v = d.get(*i + 2..*i + 2 + len)?;
+        *i += 2 + len;
+        let v = if v.len() > 32 { &v[v.len() - 32..] } else { v };
+        Some(v)
+    };
+    let r = int(&mut i)?;
+    let s = int(&mut i)?;
+    Some((r, s))
+}
+
+fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<&Value>) -> String {
+    let mut t = String::new();
+    t.push_str("| row | what | req/s | CPU µs/req | x N | x P | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n");
+    t.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let f = |v: &Value, k: &str, prec: usize| v[k].as_f64().map(|x| format!("{x:.prec$}")).unwrap_or("-".into());
+    for row in rows {
+        let Some(v) = summary.get(&row.name) else { continue };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            row.name,
+            row.what,
+            f(v, "rps", 0),
+            f(v, "cpu_us_per_req", 1),
+            f(v, "x_nginx", 2),
+            f(v, "x_pingora", 2),
+            f(v, "p50_ms", 2),
+            f(v, "p99_ms", 2),
+            f(v, "k6_p99_ms", 2),
+            f(v, "k6_p999_ms", 2),
+            v["errors"].as_u64().unwrap_or(0) + v["k6_failed"].as_u64().unwrap_or(0),
+            v["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        ));
+    }
+    if let Some(m) = memory {
+        t.push_str(&format!(
+            "\nMemory (G0): idle RSS {:.1} MiB; with {} idle keep-alive connections {:.1} MiB: {:.0} bytes per connection.\n",
+            m["idle_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            m["connections"],
+            m["rss_with_connections_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            m["bytes_per_connection"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    t
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_results_md(path: &Path, report: &Value, table: &str) {
+    let text = format!(
+        "# Benchmark results\n\nMachine: {}. Commit: {}. Date: {}.\n\nSettings: {} rounds of {} s per row, interleaved; wrk -t1 -c{}; proxy pinned to CPU {}, \
+         wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum).\nCPU µs/req is utime+stime of the proxy's processes over the run \
+         divided by requests (median of rounds).\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 5 --duration 20`).\n\n{}\n",
+        report["machine"].as_str().unwrap_or(""),
+        report["commit"].as_str().unwrap_or(""),
+        report["date"].as_str().unwrap_or(""),
+        report["settings"]["rounds"],
+        report["settings"]["duration_s"],
+        report["settings"]["connections"],
+        report["settings"]["proxy_cpus"].as_str().unwrap_or(""),
+        report["settings"]["load_cpus"].as_str().unwrap_or(""),
+        report["settings"]["k6_rate"],
+        table
+    );
+    let _ = std::fs::write(path, text);
+}
