@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod guard;
 pub mod live;
 pub mod logging;
 pub mod metrics;

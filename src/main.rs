@@ -20,10 +20,18 @@ struct Cli {
     /// Take the listening sockets over from a running gatehouse (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// Print one value of the validated config and exit (server.pid_file,
+    /// server.upgrade_sock, admin.addr, server.grace_period): for scripts/upgrade.
+    #[arg(long = "get", value_name = "KEY")]
+    get: Option<String>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Absolute, so reloads still find the file after daemonizing changes the directory.
+    if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
+        cli.conf = abs;
+    }
     let name = cli.conf.display().to_string();
     let text = match std::fs::read_to_string(&cli.conf) {
         Ok(t) => t,
@@ -39,6 +47,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(key) = &cli.get {
+        let s = &file.server;
+        let value = match key.as_str() {
+            "server.pid_file" => s.pid_file.clone(),
+            "server.upgrade_sock" => s.upgrade_sock.clone(),
+            "server.grace_period" => s.grace_period.0.as_secs().to_string(),
+            "server.graceful_shutdown_timeout" => s.graceful_shutdown_timeout.0.as_secs().to_string(),
+            "admin.addr" => file.admin.as_ref().map(|a| a.addr.clone()).unwrap_or_default(),
+            other => {
+                eprintln!("--get: unknown key `{other}`");
+                return ExitCode::from(2);
+            }
+        };
+        println!("{value}");
+        return ExitCode::SUCCESS;
+    }
     gatehouse::logging::init(&file.log.level);
     let live = match Live::new(&cli.conf, &text, file) {
         Ok(l) => Arc::new(l),

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::File;
+use crate::guard::{Connections, HeaderGuard, Limits};
 use crate::live::Live;
 use crate::proxy::Gateway;
 use crate::upstream::health::HealthChecker;
@@ -47,6 +48,13 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
             }
         }
     }
+    // Pingora writes the pid file only when it daemonizes; scripts/upgrade and service
+    // managers need it in the foreground too.
+    if !flags.daemon {
+        if let Err(e) = std::fs::write(&file.server.pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid file {}: {e}", file.server.pid_file);
+        }
+    }
     let opt = Opt {
         upgrade: flags.upgrade,
         daemon: flags.daemon,
@@ -55,16 +63,29 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&file, &flags));
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { live: live.clone() }, "gatehouse proxy");
+    // Pingora's proxy, wrapped: Connections (cap) -> HeaderGuard (deadline, limits,
+    // framing) -> HttpProxy<Gateway>.
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Gateway { live: live.clone() });
+    let mut opts = HttpServerOptions::default();
+    opts.keepalive_request_limit = Some(file.server.keepalive_requests);
+    proxy.server_options = Some(opts);
+    let s = &file.server;
+    let guard = HeaderGuard {
+        inner: Arc::new(proxy),
+        limits: Limits {
+            header_timeout: s.header_timeout.0,
+            keepalive_timeout: s.keepalive_timeout.0,
+            max_header_size: s.max_header_size.0 as usize,
+            max_headers: s.max_headers,
+            max_uri: s.max_uri.0 as usize,
+        },
+        live: live.clone(),
+    };
+    let mut svc = Service::new("gatehouse proxy".to_string(), Connections::new(guard, s.max_connections));
     for l in file.listeners.values() {
-        proxy.add_tcp(&l.addr);
+        svc.add_tcp(&l.addr);
     }
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.keepalive_request_limit = Some(file.server.keepalive_requests);
-        app.server_options = Some(opts);
-    }
-    server.add_service(proxy);
+    server.add_service(svc);
 
     if let Some(admin) = &file.admin {
         let mut svc = Service::new("gatehouse admin".to_string(), Admin { live: live.clone() });

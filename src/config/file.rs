@@ -46,6 +46,16 @@ pub struct Server {
     pub trusted_proxies: Vec<Cidr>,
     #[serde(default = "d_header_timeout")]
     pub header_timeout: Dur,
+    #[serde(default = "d_max_header_size")]
+    pub max_header_size: Size,
+    #[serde(default = "d_max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "d_max_uri")]
+    pub max_uri: Size,
+    #[serde(default = "d_max_body")]
+    pub max_body: Size,
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
     #[serde(default = "d_keepalive")]
     pub keepalive_timeout: Dur,
     #[serde(default = "d_keepalive_requests")]
@@ -76,6 +86,21 @@ fn d_shutdown() -> Dur {
 fn d_header_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
+fn d_max_header_size() -> Size {
+    Size(32 * 1024)
+}
+fn d_max_headers() -> usize {
+    100
+}
+fn d_max_uri() -> Size {
+    Size(8 * 1024)
+}
+fn d_max_body() -> Size {
+    Size(10 * 1024 * 1024)
+}
+fn d_max_connections() -> usize {
+    10_000
+}
 fn d_keepalive() -> Dur {
     Dur(Duration::from_secs(60))
 }
@@ -93,6 +118,11 @@ impl Default for Server {
             graceful_shutdown_timeout: d_shutdown(),
             trusted_proxies: Vec::new(),
             header_timeout: d_header_timeout(),
+            max_header_size: d_max_header_size(),
+            max_headers: d_max_headers(),
+            max_uri: d_max_uri(),
+            max_body: d_max_body(),
+            max_connections: d_max_connections(),
             keepalive_timeout: d_keepalive(),
             keepalive_requests: d_keepalive_requests(),
             user: None,

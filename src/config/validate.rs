@@ -32,6 +32,33 @@ fn server(f: &File, out: &mut Findings) {
     }
     absolute("server.pid_file", &s.pid_file, out);
     absolute("server.upgrade_sock", &s.upgrade_sock, out);
+    if s.max_headers == 0 || s.max_headers > crate::guard::MAX_HEADERS_CEILING {
+        out.push((
+            "server.max_headers".into(),
+            format!("must be between 1 and {}", crate::guard::MAX_HEADERS_CEILING),
+        ));
+    }
+    for (key, v) in [
+        ("server.max_header_size", s.max_header_size.0),
+        ("server.max_uri", s.max_uri.0),
+        ("server.max_body", s.max_body.0),
+    ] {
+        if v == 0 {
+            out.push((key.into(), "must be greater than zero".into()));
+        }
+    }
+    if s.max_header_size.0 > 1_048_575 {
+        out.push((
+            "server.max_header_size".into(),
+            "must be at most 1MiB - 1 (Pingora's own limit)".into(),
+        ));
+    }
+    if s.max_connections == 0 {
+        out.push(("server.max_connections".into(), "must be at least 1".into()));
+    }
+    if s.keepalive_timeout.0.as_secs() == 0 {
+        out.push(("server.keepalive_timeout".into(), "must be at least 1s".into()));
+    }
     if s.header_timeout.0.is_zero() {
         out.push(("server.header_timeout".into(), "must be greater than zero".into()));
     }

@@ -37,6 +37,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.live.load();
+        // Pingora makes reused HTTP/1.1 connections wait forever for their next request;
+        // bound that idle time on every request.
+        session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
         forward::identify(session, ctx, &snap);
 
         let found = {
@@ -61,18 +64,20 @@ impl ProxyHttp for Gateway {
         ctx.plugin.route = route.name.clone();
         ctx.route = Some(route.clone());
 
-        if let Some(limit) = route.max_body {
-            let declared = session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit) {
-                ctx.plugin.rejection = Some("body_too_large");
-                answer::error(session, ctx, 413, "request body is too large").await;
-                return Ok(true);
-            }
+        let limit = route
+            .max_body
+            .unwrap_or(ctx.snapshot.as_ref().map(|s| s.file.server.max_body.0).unwrap_or(u64::MAX));
+        ctx.max_body = limit;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            ctx.plugin.rejection = Some("body_too_large");
+            answer::error(session, ctx, 413, "request body is too large").await;
+            return Ok(true);
         }
 
         for p in route.plugins.iter() {
@@ -87,6 +92,19 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(false)
+    }
+
+    /// Counts body bytes as they stream, so a chunked body that grows past the limit is
+    /// cut off with 413 mid-stream rather than forwarded whole.
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<bytes::Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > ctx.max_body {
+                ctx.plugin.rejection = Some("body_too_large");
+                return Err(Error::explain(ErrorType::HTTPStatus(413), "request body is too large"));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -183,6 +201,7 @@ fn classify(e: &Error) -> (u16, &'static str) {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
         (HTTPStatus(503), _) => (503, "no healthy upstream target"),
+        (HTTPStatus(413), _) => (413, "request body is too large"),
         (HTTPStatus(c), _) => (*c, "request failed"),
         (ConnectTimedout | ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, "upstream timed out"),
         (_, ErrorSource::Upstream) => (502, "upstream failed"),

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod load;
 pub mod upstream;
 
 pub use client::{get, request, Response};

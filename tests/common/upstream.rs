@@ -17,6 +17,8 @@ pub struct Behavior {
     /// Status `/healthz` answers with.
     pub health: u16,
     pub headers: Vec<(String, String)>,
+    /// Extra delay for requests whose path contains "slow".
+    pub slow: Duration,
 }
 
 impl Default for Behavior {
@@ -28,6 +30,7 @@ impl Default for Behavior {
             drop: false,
             health: 200,
             headers: Vec::new(),
+            slow: Duration::ZERO,
         }
     }
 }
@@ -234,6 +237,9 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
         });
         if !b.delay.is_zero() {
             std::thread::sleep(b.delay);
+        }
+        if path.contains("slow") && !b.slow.is_zero() {
+            std::thread::sleep(b.slow);
         }
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
         if b.drop {

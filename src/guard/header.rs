@@ -1,0 +1,319 @@
+use super::reply::refuse;
+use crate::live::Live;
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+/// Pingora's own cap on header lines; ours may only be lower.
+pub const MAX_HEADERS_CEILING: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// From the first byte of a request to the end of its header.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection may wait for its next request.
+    pub keepalive_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub max_uri: usize,
+}
+
+/// Reads each HTTP/1 request header itself, under a deadline, and checks it before
+/// Pingora sees it. What it read is handed back untouched, so Pingora parses the same
+/// bytes and body data read along with the header is not lost.
+pub struct HeaderGuard<A> {
+    pub inner: Arc<A>,
+    pub limits: Limits,
+    pub live: Arc<Live>,
+}
+
+enum Verdict {
+    /// Header complete and acceptable.
+    Pass,
+    NeedMore,
+    Refuse(u16, &'static str, &'static str, &'static str),
+}
+
+const BAD: (u16, &str) = (400, "Bad Request");
+
+fn refuse_with(status: (u16, &'static str), message: &'static str, reason: &'static str) -> Verdict {
+    Verdict::Refuse(status.0, status.1, message, reason)
+}
+
+impl<A> HeaderGuard<A> {
+    fn check(&self, buf: &[u8]) -> Verdict {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+        let headers = &mut storage[..self.limits.max_headers];
+        let mut req = httparse::Request::new(headers);
+        let status = req.parse(buf);
+        if let Some(path) = req.path {
+            if path.len() > self.limits.max_uri {
+                return refuse_with((414, "URI Too Long"), "request URI is too long", "uri_too_long");
+            }
+        } else if buf.len() > self.limits.max_uri + 64 && !buf.contains(&b'\n') {
+            // The request line alone is already longer than any URI we accept.
+            return refuse_with((414, "URI Too Long"), "request URI is too long", "uri_too_long");
+        }
+        match status {
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > self.limits.max_header_size {
+                    refuse_with(
+                        (431, "Request Header Fields Too Large"),
+                        "request header is too large",
+                        "header_too_large",
+                    )
+                } else {
+                    Verdict::NeedMore
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => refuse_with(
+                (431, "Request Header Fields Too Large"),
+                "too many request header fields",
+                "too_many_headers",
+            ),
+            Err(_) => refuse_with(BAD, "malformed request", "malformed"),
+            Ok(httparse::Status::Complete(len)) => {
+                if len > self.limits.max_header_size {
+                    return refuse_with(
+                        (431, "Request Header Fields Too Large"),
+                        "request header is too large",
+                        "header_too_large",
+                    );
+                }
+                framing(&req)
+            }
+        }
+    }
+
+    /// Reads until a complete header is buffered. `None`: the connection is finished
+    /// (closed, idle too long, refused).
+    async fn pre_read(&self, stream: &mut Stream, keepalive: Option<u64>, shutdown: &ShutdownWatch) -> Option<BytesMut> {
+        let idle = match keepalive {
+            Some(0) | None => self.limits.keepalive_timeout,
+            Some(n) => Duration::from_secs(n).min(self.limits.keepalive_timeout),
+        };
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return None;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => match r {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            },
+            _ = shutdown.changed() => return None,
+        }
+        let deadline = Instant::now() + self.limits.header_timeout;
+        loop {
+            match self.check(&buf) {
+                Verdict::Pass => return Some(buf),
+                Verdict::Refuse(status, text, message, reason) => {
+                    self.reject(stream, status, text, message, reason).await;
+                    return None;
+                }
+                Verdict::NeedMore => {}
+            }
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return None,
+                Err(_) => {
+                    self.reject(
+                        stream,
+                        408,
+                        "Request Timeout",
+                        "request header not received in time",
+                        "header_timeout",
+                    )
+                    .await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn reject(&self, stream: &mut Stream, status: u16, text: &str, message: &str, reason: &'static str) {
+        METRICS.rejections.with_label_values(&["_none", reason]).inc();
+        let id = refuse(stream, status, text, message).await;
+        let snap = self.live.load();
+        if snap.access_log.enabled() {
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let peer = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())))
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            snap.access_log.write(&crate::access_log::Line {
+                time: &now,
+                request_id: &id,
+                client_ip: peer,
+                method: "",
+                host: "",
+                path: "",
+                status,
+                route: "",
+                upstream: "",
+                target: "",
+                bytes_in: 0,
+                bytes_out: 0,
+                duration_ms: 0.0,
+                upstream_ms: None,
+                consumer: None,
+                rejection: Some(reason),
+                error: None,
+            });
+        }
+    }
+}
+
+/// Message framing rules, stricter than RFC 9112 allows a server to be, because a proxy
+/// that reads framing differently from its upstream is how requests get smuggled:
+/// one Transfer-Encoding, and only `chunked`; never with Content-Length; one
+/// Content-Length of digits; Host required on HTTP/1.1.
+fn framing(req: &httparse::Request<'_, '_>) -> Verdict {
+    let mut te = 0;
+    let mut cl = 0;
+    let mut host = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te += 1;
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return refuse_with(
+                    BAD,
+                    "unsupported transfer-encoding (only a single `chunked` is accepted)",
+                    "bad_transfer_encoding",
+                );
+            }
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl += 1;
+            let v = h.value.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 18 {
+                return refuse_with(BAD, "invalid content-length", "bad_content_length");
+            }
+        } else if h.name.eq_ignore_ascii_case("host") {
+            host += 1;
+        }
+    }
+    if te > 1 {
+        return refuse_with(BAD, "repeated transfer-encoding", "bad_transfer_encoding");
+    }
+    if cl > 1 {
+        return refuse_with(BAD, "repeated content-length", "bad_content_length");
+    }
+    if te > 0 && cl > 0 {
+        return refuse_with(BAD, "both content-length and transfer-encoding", "ambiguous_framing");
+    }
+    if te > 0 && req.version == Some(0) {
+        return refuse_with(BAD, "transfer-encoding on HTTP/1.0", "bad_transfer_encoding");
+    }
+    if host != 1 && req.version == Some(1) {
+        return refuse_with(BAD, "HTTP/1.1 requires exactly one Host header", "bad_host");
+    }
+    Verdict::Pass
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderGuard<A> {
+    async fn process_new_http(self: &Arc<Self>, session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        let session = match session {
+            ServerSession::H1(mut h1) => {
+                let keepalive = h1.get_keepalive_timeout();
+                let reuses = h1.get_keepalive_reuses_remaining();
+                let user_ctx = h1.take_connection_user_context();
+                let mut stream = h1.into_inner();
+                let buf = self.pre_read(&mut stream, keepalive, shutdown).await?;
+                let mut s = ServerSession::new_http1(stream);
+                s.set_keepalive(keepalive);
+                s.set_keepalive_reuses_remaining(reuses);
+                s.set_connection_user_context(user_ctx);
+                s.set_pipelined_prefix(buf);
+                s
+            }
+            other => other,
+        };
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> HeaderGuard<()> {
+        let text = "[listeners.a]\naddr = \"127.0.0.1:1\"\n[routes.r]\n[routes.r.plugins.respond]\n";
+        let file = crate::config::parse_str("t", text).unwrap();
+        HeaderGuard {
+            inner: Arc::new(()),
+            limits: Limits {
+                header_timeout: Duration::from_secs(1),
+                keepalive_timeout: Duration::from_secs(1),
+                max_header_size: 256,
+                max_headers: 4,
+                max_uri: 32,
+            },
+            live: Arc::new(Live::new(std::path::Path::new("t"), text, file).unwrap()),
+        }
+    }
+
+    fn status(raw: &str) -> Option<u16> {
+        match guard().check(raw.as_bytes()) {
+            Verdict::Pass => None,
+            Verdict::NeedMore => Some(0),
+            Verdict::Refuse(s, ..) => Some(s),
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\n"), Some(0));
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"), Some(400));
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"), Some(400));
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Some(400));
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(status(&format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(40))), Some(414));
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\n\r\n"),
+            Some(431)
+        );
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nHost: a\r\nA: {}\r\n\r\n", "x".repeat(300))),
+            Some(431)
+        );
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\nHost: a\r\nA: {}", "x".repeat(300))), Some(431));
+    }
+}
