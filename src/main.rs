@@ -24,10 +24,35 @@ struct Cli {
     /// server.upgrade_sock, admin.addr, server.grace_period): for scripts/upgrade.
     #[arg(long = "get", value_name = "KEY")]
     get: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Read a password from stdin and print its argon2id hash for `basic_auth.password_hash`.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\n', '\r']).is_empty() {
+            eprintln!("hash-password: give the password on stdin");
+            return ExitCode::from(2);
+        }
+        return match gatehouse_plugins::basic_auth::hash_password(line.trim_end_matches(['\n', '\r'])) {
+            Ok(h) => {
+                println!("{h}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hash-password: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     // Absolute, so reloads still find the file after daemonizing changes the directory.
     if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
         cli.conf = abs;

@@ -9,6 +9,7 @@ use crate::config::{self, ConfigError, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::router::{Conditions, HostMatch, PathMatch, Router};
 use crate::upstream::Cluster;
+use gatehouse_plugins::consumers::{Consumers, Credentials};
 use gatehouse_plugins::Plugin;
 use prometheus::{Histogram, IntCounter};
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,9 @@ pub struct RouteMetrics {
 
 pub struct Route {
     pub name: Arc<str>,
+    /// Index in `plugins` just past the last auth plugin: where the core checks that
+    /// someone authenticated (401 otherwise). None: the route has no auth plugin.
+    pub auth_end: Option<usize>,
     pub cluster: Option<Arc<Cluster>>,
     pub strip_prefix: bool,
     pub preserve_host: bool,
@@ -47,7 +51,18 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: Arc<AccessLog>,
     pub admin_token: Option<String>,
+    pub consumers: Arc<Consumers>,
+    pub consumer_header: http::HeaderName,
     plugin_instances: HashMap<PluginKey, Arc<dyn Plugin>>,
+}
+
+/// A consumer section's credentials in the form the plugins' registry takes.
+pub fn credentials(c: &config::ConsumerCfg) -> Credentials {
+    Credentials {
+        keys: c.keys.iter().map(|k| k.value.clone()).collect(),
+        basic_auth: c.basic_auth.as_ref().map(|b| (b.username.clone(), b.password_hash.clone())),
+        jwt_subject: c.jwt_subject.clone(),
+    }
 }
 
 pub fn text_hash(text: &str) -> String {
@@ -105,6 +120,7 @@ impl Snapshot {
                 plugins.push(instance(pname, value, &format!("{base}.plugins"))?);
             }
             plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
+            let auth_end = plugins.iter().rposition(|p| p.is_auth()).map(|i| i + 1);
 
             let mut paths = Vec::with_capacity(r.paths.len());
             for (i, p) in r.paths.iter().enumerate() {
@@ -133,6 +149,7 @@ impl Snapshot {
             };
             let route = Route {
                 name: Arc::from(name.as_str()),
+                auth_end,
                 cluster,
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
@@ -153,6 +170,15 @@ impl Snapshot {
             router.add(name, Arc::new(route), cond, r.priority, paths);
         }
 
+        let mut consumers = Consumers::default();
+        for (name, c) in &file.consumers {
+            consumers
+                .add(name, c.groups.clone(), c.plan.clone(), &credentials(c))
+                .map_err(|e| err(format!("consumers.{name}"), e))?;
+        }
+        let consumer_header = http::HeaderName::from_bytes(file.server.consumer_header.as_bytes())
+            .map_err(|e| err("server.consumer_header".into(), e.to_string()))?;
+
         let sink = Sink::parse(&file.log.access);
         let access_log = match prev {
             Some(p) if p.access_log.sink == sink => p.access_log.clone(),
@@ -168,6 +194,8 @@ impl Snapshot {
             access_log,
             admin_token: file.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.value.clone()),
             plugin_instances: instances,
+            consumers: Arc::new(consumers),
+            consumer_header,
             file,
         })
     }

@@ -54,6 +54,7 @@ fn valid_config_passes_and_shipped_configs_pass() {
             .arg("-c")
             .arg(f)
             .env("GATEHOUSE_ADMIN_TOKEN", "x")
+            .env("ACME_KEY", "x")
             .output()
             .unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));

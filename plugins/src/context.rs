@@ -1,19 +1,31 @@
+use crate::consumers::{Consumer, Consumers};
+use once_cell::sync::Lazy;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// Shared by every context that has not been given a registry yet: no allocation per request.
+static NO_CONSUMERS: Lazy<Arc<Consumers>> = Lazy::new(|| Arc::new(Consumers::default()));
 
 /// What a plugin may know about the request beyond its headers.
 ///
 /// The core fills it before the chain runs. Later plugins see what earlier ones set
-/// (an auth plugin sets `consumer`; a rate limiter keys on it).
+/// (an auth plugin sets `consumer`; ACLs and rate limiters use it).
 #[derive(Debug, Clone)]
 pub struct PluginCtx {
     /// The client address after `trusted_proxies` has been applied: safe to key limits on.
     pub client_ip: IpAddr,
     pub route: Arc<str>,
     pub request_id: String,
-    pub consumer: Option<Arc<str>>,
+    pub consumer: Option<Arc<Consumer>>,
+    pub consumers: Arc<Consumers>,
     /// Why the chain stopped, for the access log and `gatehouse_rejections_total`.
     pub rejection: Option<&'static str>,
+    /// Why credentials that were presented were not accepted (shown in the 401).
+    pub auth_error: Option<&'static str>,
+    /// The request's Origin when CORS allowed it, for the response side.
+    pub cors_origin: Option<http::HeaderValue>,
+    /// Response headers plugins want on the answer (rate-limit headers and the like).
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl PluginCtx {
@@ -23,7 +35,15 @@ impl PluginCtx {
             route,
             request_id,
             consumer: None,
+            consumers: NO_CONSUMERS.clone(),
             rejection: None,
+            auth_error: None,
+            cors_origin: None,
+            response_headers: Vec::new(),
         }
+    }
+
+    pub fn consumer_name(&self) -> Option<&str> {
+        self.consumer.as_ref().map(|c| &*c.name)
     }
 }

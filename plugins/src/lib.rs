@@ -4,11 +4,23 @@
 //! [`build`] and drives them through the phases of a request. Keeping the dependency one-way
 //! means a plugin can be read, tested and reviewed on its own.
 
+pub mod acl;
 mod answer;
+pub mod basic_auth;
+pub mod consumers;
 mod context;
+pub mod cors;
+pub mod forward_auth;
 pub mod headers;
+mod http_client;
+pub mod ip_restriction;
+mod jwks;
+pub mod jwt_auth;
+pub mod key_auth;
 mod plugin;
 pub mod respond;
+pub mod secret;
+mod util;
 
 pub use answer::Answer;
 pub use context::PluginCtx;
@@ -36,13 +48,30 @@ impl std::fmt::Display for PluginError {
 impl std::error::Error for PluginError {}
 
 /// Names of the plugins this build knows, so the core can refuse a typo at load time.
-pub const KNOWN: &[&str] = &[headers::NAME, respond::NAME];
+pub const KNOWN: &[&str] = &[
+    headers::NAME,
+    respond::NAME,
+    key_auth::NAME,
+    basic_auth::NAME,
+    jwt_auth::NAME,
+    acl::NAME,
+    ip_restriction::NAME,
+    forward_auth::NAME,
+    cors::NAME,
+];
 
 /// Builds one plugin instance from its TOML table. Called at config load, never per request.
 pub fn build(name: &str, value: &toml::Value) -> Result<Arc<dyn Plugin>, PluginError> {
     match name {
         headers::NAME => Ok(Arc::new(headers::Headers::from_config(parse(value)?)?)),
         respond::NAME => Ok(Arc::new(respond::Respond::from_config(parse(value)?)?)),
+        key_auth::NAME => Ok(Arc::new(key_auth::KeyAuth::from_config(parse(value)?)?)),
+        basic_auth::NAME => Ok(Arc::new(basic_auth::BasicAuth::from_config(parse(value)?)?)),
+        jwt_auth::NAME => Ok(Arc::new(jwt_auth::JwtAuth::from_config(parse(value)?)?)),
+        acl::NAME => Ok(Arc::new(acl::Acl::from_config(parse(value)?)?)),
+        ip_restriction::NAME => Ok(Arc::new(ip_restriction::IpRestriction::from_config(parse(value)?)?)),
+        forward_auth::NAME => Ok(Arc::new(forward_auth::ForwardAuth::from_config(parse(value)?)?)),
+        cors::NAME => Ok(Arc::new(cors::Cors::from_config(parse(value)?)?)),
         other => Err(PluginError {
             key: String::new(),
             reason: format!("unknown plugin `{other}` (known: {})", KNOWN.join(", ")),

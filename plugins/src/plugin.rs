@@ -46,6 +46,22 @@ pub trait Plugin: Send + Sync {
         false
     }
 
+    /// Authentication plugins establish `ctx.consumer`. On a route with several, the first
+    /// that succeeds wins; when none does, the core answers 401 with every `challenge`.
+    fn is_auth(&self) -> bool {
+        false
+    }
+
+    /// The `WWW-Authenticate` value this scheme offers in a 401.
+    fn challenge(&self) -> Option<http::HeaderValue> {
+        None
+    }
+
+    /// A consumer to assume when no credentials were accepted (auth plugins only).
+    fn anonymous(&self) -> Option<&str> {
+        None
+    }
+
     async fn request_async(&self, _req: &mut RequestHeader, _ctx: &mut PluginCtx) -> Flow {
         Flow::Continue
     }

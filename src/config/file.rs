@@ -20,6 +20,8 @@ pub struct File {
     #[serde(default)]
     pub metrics: MetricsCfg,
     #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerCfg>,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: BTreeMap<String, Route>,
@@ -66,6 +68,13 @@ pub struct Server {
     pub group: Option<String>,
     #[serde(default)]
     pub watch_config: bool,
+    /// The header that tells the upstream who the consumer is; any incoming copy is removed.
+    #[serde(default = "d_consumer_header")]
+    pub consumer_header: String,
+}
+
+fn d_consumer_header() -> String {
+    "x-consumer".into()
 }
 
 fn d_threads() -> usize {
@@ -128,6 +137,7 @@ impl Default for Server {
             user: None,
             group: None,
             watch_config: false,
+            consumer_header: d_consumer_header(),
         }
     }
 }
@@ -341,4 +351,28 @@ pub struct Route {
 
 fn d_paths() -> Vec<String> {
     vec!["/".into()]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthCfg {
+    pub username: String,
+    /// argon2id PHC string (`gatehouse hash-password`); plain text is refused.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerCfg {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys: literal, env:NAME or file:/path.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthCfg>,
+    #[serde(default)]
+    pub jwt_subject: Option<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
 }

@@ -14,6 +14,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     admin(f, &mut out);
     log(f, &mut out);
     upstreams(f, &mut out);
+    consumers(f, &mut out);
     routes(f, &mut out);
     plugins("plugins", &f.plugins, &mut out);
     out
@@ -184,6 +185,29 @@ fn upstreams(f: &File, out: &mut Findings) {
             if hc.expect_status.iter().any(|s| !(100..=599).contains(s)) {
                 out.push((format!("{hk}.expect_status"), "statuses must be between 100 and 599".into()));
             }
+        }
+    }
+}
+
+fn consumers(f: &File, out: &mut Findings) {
+    if let Err(e) = http::HeaderName::from_bytes(f.server.consumer_header.as_bytes()) {
+        out.push(("server.consumer_header".into(), format!("not a header name: {e}")));
+    }
+    let mut registry = gatehouse_plugins::consumers::Consumers::default();
+    for (name, c) in &f.consumers {
+        let base = format!("consumers.{name}");
+        if let Some(b) = &c.basic_auth {
+            if let Err(e) = gatehouse_plugins::basic_auth::check_hash(&b.password_hash) {
+                out.push((format!("{base}.basic_auth.password_hash"), e));
+            }
+            if b.username.is_empty() || b.username.contains(':') {
+                out.push((format!("{base}.basic_auth.username"), "must be non-empty and without ':'".into()));
+            }
+        }
+        if let Err(e) = registry.add(name, c.groups.clone(), c.plan.clone(), &crate::snapshot::credentials(c)) {
+            // The registry reports "field: reason".
+            let (field, reason) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            out.push((format!("{base}.{field}"), reason.to_string()));
         }
     }
 }

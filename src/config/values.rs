@@ -98,22 +98,9 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     pub fn resolve(source: &str) -> Result<Secret, String> {
-        let value = if let Some(name) = source.strip_prefix("env:") {
-            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?
-        } else if let Some(path) = source.strip_prefix("file:") {
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file `{path}`: {e}"))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string()
-        } else {
-            source.to_string()
-        };
-        if value.is_empty() {
-            return Err("secret is empty".into());
-        }
         Ok(Secret {
             source: source.to_string(),
-            value,
+            value: gatehouse_plugins::secret::resolve(source)?,
         })
     }
 }

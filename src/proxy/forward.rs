@@ -131,6 +131,13 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
         }
     }
     up.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+    // Who the consumer is comes from the gateway only; a client's own copy never passes.
+    if let Some(snap) = ctx.snapshot.as_ref() {
+        up.remove_header(&snap.consumer_header);
+        if let Some(name) = ctx.plugin.consumer_name() {
+            up.insert_header(snap.consumer_header.clone(), name)?;
+        }
+    }
 
     // Pingora strips standard hop-by-hop request headers and Connection-nominated ones by
     // default (HttpUpstreamRequestPolicy); these are the ones it leaves.

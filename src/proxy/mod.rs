@@ -7,6 +7,7 @@
 //! Failures land in `fail_to_connect` (retry elsewhere) and `fail_to_proxy` (JSON error).
 
 mod answer;
+mod auth;
 pub mod ctx;
 mod forward;
 pub mod identity;
@@ -54,6 +55,7 @@ impl ProxyHttp for Gateway {
                 (m.route.clone(), strip)
             })
         };
+        let snap_consumers = snap.consumers.clone();
         ctx.snapshot = Some(snap);
         let Some((route, strip)) = found else {
             ctx.error = Some("no_route");
@@ -80,13 +82,26 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
-        for p in route.plugins.iter() {
+        ctx.plugin.consumers = snap_consumers;
+        for (i, p) in route.plugins.iter().enumerate() {
+            if route.auth_end == Some(i) {
+                if let Some(a) = auth::gate(&route, &mut ctx.plugin) {
+                    answer::write(session, ctx, a, true).await;
+                    return Ok(true);
+                }
+            }
             let flow = if p.is_async() {
                 p.request_async(session.req_header_mut(), &mut ctx.plugin).await
             } else {
                 p.request(session.req_header_mut(), &mut ctx.plugin)
             };
             if let Flow::Respond(a) = flow {
+                answer::write(session, ctx, a, true).await;
+                return Ok(true);
+            }
+        }
+        if route.auth_end == Some(route.plugins.len()) {
+            if let Some(a) = auth::gate(&route, &mut ctx.plugin) {
                 answer::write(session, ctx, a, true).await;
                 return Ok(true);
             }

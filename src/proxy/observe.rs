@@ -50,7 +50,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 bytes_out,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 upstream_ms: ctx.upstream.elapsed.map(|d| d.as_secs_f64() * 1000.0),
-                consumer: ctx.plugin.consumer.as_deref(),
+                consumer: ctx.plugin.consumer_name(),
                 rejection: ctx.plugin.rejection.or(ctx.error),
                 error: err_text,
             });

@@ -1,0 +1,96 @@
+//! Consumers: the identities auth plugins establish and later plugins (ACL, limits) use.
+//! The core builds the registry from `[consumers.*]` with each config snapshot; plugins
+//! reach it through `PluginCtx`, so a plugin instance survives a reload that only changes
+//! consumers.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Consumer {
+    pub name: Arc<str>,
+    pub groups: Vec<String>,
+    pub plan: Option<String>,
+}
+
+impl Consumer {
+    pub fn in_group(&self, g: &str) -> bool {
+        self.groups.iter().any(|x| x == g)
+    }
+}
+
+/// A consumer's credentials as the core hands them over (secrets already resolved).
+#[derive(Debug, Default, Clone)]
+pub struct Credentials {
+    pub keys: Vec<String>,
+    pub basic_auth: Option<(String, String)>,
+    pub jwt_subject: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Consumers {
+    by_name: HashMap<String, Arc<Consumer>>,
+    /// SHA-256 of each API key: looking up a digest reveals nothing through timing about
+    /// how much of a guessed key was right, and keys are not kept in memory in clear.
+    by_key: HashMap<[u8; 32], Arc<Consumer>>,
+    by_username: HashMap<String, (Arc<Consumer>, String)>,
+    by_subject: HashMap<String, Arc<Consumer>>,
+}
+
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl Consumers {
+    /// Adds one consumer; refuses a key, username or subject another consumer already has.
+    pub fn add(&mut self, name: &str, groups: Vec<String>, plan: Option<String>, creds: &Credentials) -> Result<(), String> {
+        let c = Arc::new(Consumer {
+            name: Arc::from(name),
+            groups,
+            plan,
+        });
+        for (i, k) in creds.keys.iter().enumerate() {
+            if self.by_key.insert(key_digest(k.as_bytes()), c.clone()).is_some() {
+                return Err(format!("keys[{i}]: the same key belongs to another consumer"));
+            }
+        }
+        if let Some((user, hash)) = &creds.basic_auth {
+            if self.by_username.insert(user.clone(), (c.clone(), hash.clone())).is_some() {
+                return Err(format!("basic_auth.username: `{user}` belongs to another consumer"));
+            }
+        }
+        if let Some(s) = &creds.jwt_subject {
+            if self.by_subject.insert(s.clone(), c.clone()).is_some() {
+                return Err(format!("jwt_subject: `{s}` belongs to another consumer"));
+            }
+        }
+        self.by_name.insert(name.to_string(), c);
+        Ok(())
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(name)
+    }
+
+    pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+        self.by_key.get(&key_digest(key))
+    }
+
+    /// The consumer and its argon2 PHC hash.
+    pub fn by_username(&self, user: &str) -> Option<&(Arc<Consumer>, String)> {
+        self.by_username.get(user)
+    }
+
+    pub fn by_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
+        self.by_subject.get(subject)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}

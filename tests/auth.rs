@@ -1,0 +1,655 @@
+//! Authentication and access control, proved with the attacks: wrong and spoofed keys,
+//! forged and unsigned tokens, algorithm confusion, expired tokens, unknown kids against a
+//! counting JWKS server, spoofed X-Forwarded-For, forward auth failures, CORS preflights.
+
+mod common;
+use base64::Engine;
+use common::{request, wait_until, Gateway, Upstream};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const HMAC: &str = "0123456789abcdef0123456789abcdef-hmac-test-secret";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIX}/{name}")).unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    json!({ "sub": sub, "iss": "https://idp.test/", "aud": "users-api", "exp": now() + 600, "email": format!("{sub}@example.com") })
+}
+
+fn token(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.to_string());
+    encode(&h, claims, key).unwrap()
+}
+
+fn rsa() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&fixture("rsa-private.pem")).unwrap()
+}
+fn rsa2() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&fixture("rsa2-private.pem")).unwrap()
+}
+fn ec() -> EncodingKey {
+    EncodingKey::from_ec_pem(&fixture("ec-private.pem")).unwrap()
+}
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+/// A token with a hand-written header, signed by a real JWT library's signer.
+fn raw_token(header: serde_json::Value, claims: &serde_json::Value, alg: Algorithm, key: &EncodingKey) -> String {
+    let msg = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), key, alg).unwrap();
+    format!("{msg}.{sig}")
+}
+
+fn bearer(gw: &Gateway, path: &str, token: &str) -> common::Response {
+    request(&gw.addr, "GET", path, &[("Authorization", &format!("Bearer {token}"))], None)
+}
+
+fn consumers() -> String {
+    r#"
+[consumers.acme]
+groups = ["partners"]
+keys = ["env:GH_TEST_ACME_KEY"]
+jwt_subject = "acme-service"
+[consumers.bob]
+groups = ["staff"]
+keys = ["bob-key-0002"]
+basic_auth = { username = "bob", password_hash = "HASH" }
+[consumers.guest]
+groups = ["guests"]
+"#
+    .replace("HASH", &hash("correct horse"))
+}
+
+fn hash(pw: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(Gateway::bin())
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn env() -> Vec<(&'static str, &'static str)> {
+    vec![("GH_TEST_ACME_KEY", "acme-key-0001")]
+}
+
+#[test]
+fn key_auth_wrong_missing_and_spoofed() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start_with_env(
+        &format!(
+            r#"{}
+[upstreams.u]
+targets = ["{}"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.key_auth]
+query = "apikey"
+"#,
+            consumers(),
+            up.addr
+        ),
+        &env(),
+    );
+    let r = gw.get("/");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "authentication required");
+    assert_eq!(r.header("www-authenticate"), Some("ApiKey header=\"x-api-key\""));
+    let r = request(&gw.addr, "GET", "/", &[("x-api-key", "acme-key-0002")], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "invalid API key");
+    // The attack: claim to be a consumer with the header the upstream trusts.
+    let r = request(&gw.addr, "GET", "/", &[("x-consumer", "acme")], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(up.count(), 0);
+
+    let r = request(&gw.addr, "GET", "/", &[("x-api-key", "acme-key-0001"), ("x-consumer", "bob")], None);
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-consumer"), Some("acme"), "the client's x-consumer is replaced");
+    assert_eq!(seen.header("x-api-key"), None, "the credential is hidden from the upstream");
+
+    let r = gw.get("/items?apikey=bob-key-0002&page=2");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().path, "/items?page=2");
+    assert_eq!(up.last().header("x-consumer"), Some("bob"));
+
+    wait_until(Duration::from_secs(5), "access log", || {
+        gw.access_log().iter().any(|l| l["consumer"] == "bob")
+    });
+    assert!(gw.metric(r#"gatehouse_rejections_total{reason="unauthenticated",route="r"}"#) >= 3.0);
+}
+
+fn jwt_route(extra: &str, up: &Upstream) -> String {
+    format!(
+        r#"{consumers}
+[upstreams.u]
+targets = ["{up}"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.jwt_auth]
+issuer = "https://idp.test/"
+audiences = ["users-api"]
+algorithms = ["RS256", "ES256", "HS256"]
+leeway = "5s"
+forward_claims = {{ "x-user-email" = "email" }}
+{extra}
+"#,
+        consumers = consumers(),
+        up = up.addr
+    )
+}
+
+#[test]
+fn jwt_static_keys_and_the_attacks() {
+    let up = Upstream::start("u");
+    let keys = format!(
+        r#"keys = [{{ kid = "rsa1", alg = "RS256", pem = "file:{FIX}/rsa-public.pem" }},
+        {{ kid = "ec1", alg = "ES256", pem = "file:{FIX}/ec-public.pem" }},
+        {{ kid = "h1", alg = "HS256", secret = "{HMAC}" }}]"#
+    );
+    let gw = Gateway::start_with_env(&jwt_route(&keys, &up), &env());
+
+    for (alg, kid, key) in [
+        (Algorithm::RS256, "rsa1", rsa()),
+        (Algorithm::ES256, "ec1", ec()),
+        (Algorithm::HS256, "h1", EncodingKey::from_secret(HMAC.as_bytes())),
+    ] {
+        let r = bearer(&gw, "/", &token(alg, kid, &key, &claims("acme-service")));
+        assert_eq!(r.status, 200, "{alg:?}: {}", r.body);
+        assert_eq!(up.last().header("x-consumer"), Some("acme"));
+        assert_eq!(up.last().header("x-user-email"), Some("acme-service@example.com"));
+        assert_eq!(up.last().header("authorization"), None);
+    }
+    // A subject that is no consumer still authenticates, under its own name.
+    assert_eq!(
+        bearer(&gw, "/", &token(Algorithm::RS256, "rsa1", &rsa(), &claims("someone"))).status,
+        200
+    );
+    assert_eq!(up.last().header("x-consumer"), Some("someone"));
+    let before = up.count();
+
+    let expect_401 = |name: &str, t: &str, why: &str| {
+        let r = bearer(&gw, "/", t);
+        assert_eq!(r.status, 401, "{name}: {}", r.body);
+        assert_eq!(r.json()["error"], why, "{name}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    };
+    expect_401(
+        "forged signature",
+        &token(Algorithm::RS256, "rsa1", &rsa2(), &claims("acme-service")),
+        "invalid signature",
+    );
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims("acme-service").to_string().as_bytes())
+    );
+    expect_401("alg none", &none, "unsigned tokens are not accepted");
+    let none_upper = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"NONE","kid":"rsa1"}"#),
+        b64(claims("acme-service").to_string().as_bytes())
+    );
+    expect_401("alg NONE", &none_upper, "unsigned tokens are not accepted");
+    // HS256 "signed" with the RSA public key as the HMAC secret, naming the RSA key.
+    let confused = token(
+        Algorithm::HS256,
+        "rsa1",
+        &EncodingKey::from_secret(&fixture("rsa-public.pem")),
+        &claims("acme-service"),
+    );
+    expect_401("HS/RS confusion", &confused, "no key for this token");
+    let mut c = claims("acme-service");
+    c["exp"] = json!(now() - 60);
+    expect_401("expired", &token(Algorithm::RS256, "rsa1", &rsa(), &c), "token expired");
+    let mut c = claims("acme-service");
+    c["nbf"] = json!(now() + 600);
+    expect_401("not yet valid", &token(Algorithm::RS256, "rsa1", &rsa(), &c), "token not yet valid");
+    let mut c = claims("acme-service");
+    c["iss"] = json!("https://evil.test/");
+    expect_401("wrong iss", &token(Algorithm::RS256, "rsa1", &rsa(), &c), "wrong issuer");
+    let mut c = claims("acme-service");
+    c["aud"] = json!("other-api");
+    expect_401("wrong aud", &token(Algorithm::RS256, "rsa1", &rsa(), &c), "wrong audience");
+    let mut c = claims("acme-service");
+    c.as_object_mut().unwrap().remove("exp");
+    expect_401(
+        "no exp",
+        &token(Algorithm::RS256, "rsa1", &rsa(), &c),
+        "token lacks a required claim",
+    );
+    let crit = raw_token(
+        json!({"alg": "RS256", "kid": "rsa1", "crit": ["exp-ext"], "exp-ext": 1}),
+        &claims("acme-service"),
+        Algorithm::RS256,
+        &rsa(),
+    );
+    expect_401("unknown crit", &crit, "unsupported critical header");
+    // A header pointing at the attacker's own key is ignored; their signature fails.
+    let jwk = serde_json::to_value(Jwk::from_encoding_key(&rsa2(), Algorithm::RS256).unwrap()).unwrap();
+    let embedded = raw_token(
+        json!({"alg": "RS256", "kid": "rsa1", "jwk": jwk, "jku": "http://127.0.0.1:1/evil.json"}),
+        &claims("acme-service"),
+        Algorithm::RS256,
+        &rsa2(),
+    );
+    expect_401("embedded jwk / jku", &embedded, "invalid signature");
+    expect_401("garbage", "not.a.token", "malformed token");
+    // A client's own copy of a forwarded-claim header never passes.
+    let r = request(&gw.addr, "GET", "/", &[("x-user-email", "admin@example.com")], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(up.count(), before, "no rejected request reached the upstream");
+}
+
+fn jwks_body(keys: &[(&EncodingKey, &str)]) -> String {
+    let set = JwkSet {
+        keys: keys
+            .iter()
+            .map(|(k, kid)| {
+                let mut j = Jwk::from_encoding_key(k, Algorithm::RS256).unwrap();
+                j.common.key_id = Some(kid.to_string());
+                j
+            })
+            .collect(),
+    };
+    serde_json::to_string(&set).unwrap()
+}
+
+#[test]
+fn jwks_unknown_kid_refetch_is_rate_limited_and_cache_survives_outage() {
+    let up = Upstream::start("u");
+    let idp = Upstream::start("idp");
+    idp.set(|b| {
+        b.body = Some(jwks_body(&[(&rsa(), "k1")]));
+        b.headers = vec![("Content-Type".into(), "application/json".into())];
+    });
+    let gw = Gateway::start_with_env(
+        &jwt_route(
+            &format!(
+                "jwks_url = \"http://{}/jwks.json\"\njwks_min_refetch = \"2s\"\njwks_refresh = \"10m\"",
+                idp.addr
+            ),
+            &up,
+        ),
+        &env(),
+    );
+    assert_eq!(
+        bearer(&gw, "/", &token(Algorithm::RS256, "k1", &rsa(), &claims("acme-service"))).status,
+        200
+    );
+    assert_eq!(idp.count(), 1, "first use fetches the JWKS once");
+
+    // Within the cooldown after a fetch, an unknown kid fetches nothing.
+    assert_eq!(
+        bearer(
+            &gw,
+            "/",
+            &token(Algorithm::RS256, "unknown-early", &rsa2(), &claims("acme-service"))
+        )
+        .status,
+        401
+    );
+    assert_eq!(idp.count(), 1);
+    // Past it, a flood of tokens naming unknown kids: one refetch, not one per request.
+    // (Minted first: RSA signing in a debug build is slow enough to outlast a cooldown.)
+    let flood: Vec<String> = (0..20)
+        .map(|i| token(Algorithm::RS256, &format!("unknown-{i}"), &rsa2(), &claims("acme-service")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(2100));
+    for t in &flood {
+        assert_eq!(bearer(&gw, "/", t).status, 401);
+    }
+    assert_eq!(idp.count(), 2, "one refetch for 20 unknown kids");
+
+    // The IdP goes down: cached keys keep working.
+    idp.kill();
+    for _ in 0..5 {
+        let t = token(
+            Algorithm::RS256,
+            "k1",
+            &rsa(),
+            &json!({"sub": "acme-service", "iss": "https://idp.test/", "aud": "users-api", "exp": now() + 300, "jti": format!("{:?}", std::time::Instant::now())}),
+        );
+        assert_eq!(bearer(&gw, "/", &t).status, 200);
+    }
+}
+
+#[test]
+fn jwks_rotation_is_picked_up() {
+    let up = Upstream::start("u");
+    let idp = Upstream::start("idp");
+    idp.set(|b| b.body = Some(jwks_body(&[(&rsa(), "k1")])));
+    let gw = Gateway::start_with_env(
+        &jwt_route(
+            &format!("jwks_url = \"http://{}/jwks.json\"\njwks_min_refetch = \"100ms\"", idp.addr),
+            &up,
+        ),
+        &env(),
+    );
+    assert_eq!(
+        bearer(&gw, "/", &token(Algorithm::RS256, "k1", &rsa(), &claims("acme-service"))).status,
+        200
+    );
+    // The IdP rotates to a new key k2.
+    idp.set(|b| b.body = Some(jwks_body(&[(&rsa(), "k1"), (&rsa2(), "k2")])));
+    std::thread::sleep(Duration::from_millis(150));
+    let r = bearer(&gw, "/", &token(Algorithm::RS256, "k2", &rsa2(), &claims("acme-service")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(idp.count(), 2);
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+}
+
+#[test]
+fn basic_auth_acl_and_several_auth_plugins() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start_with_env(
+        &format!(
+            r#"{}
+[upstreams.u]
+targets = ["{}"]
+[routes.partners]
+paths = ["/partners"]
+upstream = "u"
+[routes.partners.plugins.key_auth]
+[routes.partners.plugins.basic_auth]
+realm = "partners"
+[routes.partners.plugins.acl]
+allow = ["partners"]
+[routes.open]
+paths = ["/open"]
+upstream = "u"
+[routes.open.plugins.key_auth]
+anonymous = "guest"
+"#,
+            consumers(),
+            up.addr
+        ),
+        &env(),
+    );
+    let r = gw.get("/partners");
+    assert_eq!(r.status, 401);
+    let challenges: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(challenges.len(), 2, "one challenge per scheme: {challenges:?}");
+    assert!(challenges.contains(&"Basic realm=\"partners\", charset=\"UTF-8\""));
+
+    let r = request(&gw.addr, "GET", "/partners", &[("Authorization", &basic("bob", "wrong"))], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "invalid username or password");
+    let r = request(
+        &gw.addr,
+        "GET",
+        "/partners",
+        &[("Authorization", &basic("mallory", "correct horse"))],
+        None,
+    );
+    assert_eq!(r.status, 401);
+    // Right password, but bob is not a partner: the ACL says no.
+    let r = request(
+        &gw.addr,
+        "GET",
+        "/partners",
+        &[("Authorization", &basic("bob", "correct horse"))],
+        None,
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "forbidden by ACL");
+    // acme by key: first auth plugin that succeeds wins.
+    assert_eq!(
+        request(&gw.addr, "GET", "/partners", &[("x-api-key", "acme-key-0001")], None).status,
+        200
+    );
+    assert_eq!(up.count(), 1);
+
+    // Anonymous consumer.
+    assert_eq!(gw.get("/open").status, 200);
+    assert_eq!(up.last().header("x-consumer"), Some("guest"));
+    assert_eq!(
+        request(&gw.addr, "GET", "/open", &[("x-api-key", "bob-key-0002")], None).status,
+        200
+    );
+    assert_eq!(up.last().header("x-consumer"), Some("bob"));
+}
+
+#[test]
+fn ip_restriction_ignores_spoofed_forwarded_for() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.u]
+targets = ["{}"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.ip_restriction]
+allow = ["203.0.113.0/24", "2001:db8::/32"]
+[routes.local]
+paths = ["/local"]
+upstream = "u"
+[routes.local.plugins.ip_restriction]
+deny = ["127.0.0.0/8"]
+"#,
+        up.addr
+    ));
+    let r = request(&gw.addr, "GET", "/", &[("X-Forwarded-For", "203.0.113.5")], None);
+    assert_eq!(r.status, 403, "a spoofed XFF from an untrusted peer does not get in");
+    assert_eq!(r.json()["error"], "forbidden by IP rules");
+    assert_eq!(gw.get("/local").status, 403);
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn forward_auth_allow_deny_timeout() {
+    let up = Upstream::start("u");
+    let authz = Upstream::start("authz");
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.forward_auth]
+url = "http://{a}/check"
+timeout = "300ms"
+request_headers = ["authorization"]
+upstream_headers = ["x-user-id"]
+[routes.lenient]
+paths = ["/lenient"]
+upstream = "u"
+[routes.lenient.plugins.forward_auth]
+url = "http://{a}/check"
+timeout = "300ms"
+on_error = "allow"
+"#,
+        up = up.addr,
+        a = authz.addr
+    ));
+    authz.set(|b| {
+        b.status = 200;
+        b.headers = vec![("X-User-Id".into(), "u-42".into())];
+    });
+    let r = request(
+        &gw.addr,
+        "GET",
+        "/x",
+        &[("Authorization", "Bearer abc"), ("X-User-Id", "admin")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().header("x-user-id"),
+        Some("u-42"),
+        "the auth service's header replaces the client's"
+    );
+    let asked = authz.last();
+    assert_eq!(asked.header("authorization"), Some("Bearer abc"));
+    assert_eq!(asked.header("x-forwarded-uri"), Some("/x"));
+
+    authz.set(|b| {
+        b.status = 401;
+        b.body = Some("{\"error\":\"who are you\"}".into());
+        b.headers = vec![("WWW-Authenticate".into(), "Bearer realm=\"sso\"".into())];
+    });
+    let r = request(&gw.addr, "GET", "/x", &[("Authorization", "Bearer bad")], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body, "{\"error\":\"who are you\"}");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"sso\""));
+
+    authz.set(|b| {
+        b.status = 200;
+        b.delay = Duration::from_millis(800);
+    });
+    let before = up.count();
+    let r = gw.get("/x");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(up.count(), before);
+    assert_eq!(gw.get("/lenient").status, 200, "on_error = allow lets the request through");
+}
+
+#[test]
+fn cors_preflight_before_auth_and_actual_request() {
+    let up = Upstream::start("u");
+    let gw = Gateway::start_with_env(
+        &format!(
+            r#"{}
+[upstreams.u]
+targets = ["{}"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.key_auth]
+[routes.r.plugins.cors]
+origins = ["https://app.example.com", "https://*.example.org"]
+methods = ["GET", "POST"]
+headers = ["content-type", "x-api-key"]
+credentials = true
+max_age = "10m"
+"#,
+            consumers(),
+            up.addr
+        ),
+        &env(),
+    );
+    let pre = |origin: &str, method: &str| {
+        request(
+            &gw.addr,
+            "OPTIONS",
+            "/things",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", method),
+                ("Access-Control-Request-Headers", "x-api-key"),
+            ],
+            None,
+        )
+    };
+    let r = pre("https://app.example.com", "POST");
+    assert_eq!(r.status, 204, "preflight is answered before auth: {}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert_eq!(pre("https://shop.example.org", "GET").status, 204);
+    assert_eq!(pre("https://example.org", "GET").status, 403, "wildcard does not cover the apex");
+    assert_eq!(pre("https://evil.com", "GET").status, 403);
+    assert_eq!(pre("https://app.example.com", "DELETE").status, 403);
+    assert_eq!(up.count(), 0);
+
+    let r = request(
+        &gw.addr,
+        "GET",
+        "/things",
+        &[("Origin", "https://app.example.com"), ("x-api-key", "acme-key-0001")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    // Even a 401 carries CORS headers, so the browser can show the error.
+    let r = request(&gw.addr, "GET", "/things", &[("Origin", "https://app.example.com")], None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    let r = request(
+        &gw.addr,
+        "GET",
+        "/things",
+        &[("Origin", "https://evil.com"), ("x-api-key", "acme-key-0001")],
+        None,
+    );
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn consumer_config_errors() {
+    let dir = common::gateway::test_dir();
+    let path = dir.join("c.toml");
+    let base = "[listeners.a]\naddr = \"127.0.0.1:18081\"\n[routes.r]\n[routes.r.plugins.respond]\n";
+    for (extra, key, reason) in [
+        (
+            "[consumers.a]\nbasic_auth = { username = \"a\", password_hash = \"plaintext\" }\n",
+            "consumers.a.basic_auth.password_hash",
+            "not an argon2",
+        ),
+        (
+            "[consumers.a]\nkeys = [\"k\"]\n[consumers.b]\nkeys = [\"k\"]\n",
+            "consumers.b.keys[0]",
+            "another consumer",
+        ),
+        (
+            "[routes.r.plugins.jwt_auth]\nkeys = [{ alg = \"none\", secret = \"x\" }]\n",
+            "routes.r.plugins.jwt_auth.keys[0].alg",
+            "never allowed",
+        ),
+        (
+            "[routes.r.plugins.jwt_auth]\nkeys = [{ alg = \"HS256\", secret = \"short\" }]\n",
+            "routes.r.plugins.jwt_auth.keys[0].secret",
+            "at least 32 bytes",
+        ),
+        (
+            "[routes.r.plugins.ip_restriction]\nallow = [\"10.0.0.0/33\"]\n",
+            "routes.r.plugins.ip_restriction.allow[0]",
+            "invalid CIDR",
+        ),
+    ] {
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        let out = std::process::Command::new(Gateway::bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}");
+        assert!(
+            err.contains(&format!("{key}: ")) && err.contains(reason),
+            "expected {key}: {reason} in {err}"
+        );
+    }
+}
