@@ -12,4 +12,5 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod upstream;

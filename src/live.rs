@@ -126,6 +126,9 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
     if boot.listeners != new.listeners {
         out.push("listeners".to_string());
     }
+    if boot.store != new.store {
+        out.push("store".to_string());
+    }
     if boot.admin.as_ref().map(|a| &a.addr) != new.admin.as_ref().map(|a| &a.addr) {
         out.push("admin.addr".to_string());
     }

@@ -89,6 +89,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     gatehouse::logging::init(&file.log.level);
+    if !cli.test {
+        // Before any plugin is built for serving: limits read the store settings.
+        if let Err(e) = gatehouse::state::open_stores(&file) {
+            eprintln!("{name}: store: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let live = match Live::new(&cli.conf, &text, file) {
         Ok(l) => Arc::new(l),
         Err(errors) => {

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub target_healthy: IntGaugeVec,
+    pub target_ejected: IntGaugeVec,
+    pub ejections: IntCounterVec,
     pub bytes_received: IntCounterVec,
     pub bytes_sent: IntCounterVec,
     pub rejections: IntCounterVec,
@@ -77,6 +79,25 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             )
             .expect("static gauge definition"),
         ),
+        target_ejected: reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "gatehouse_upstream_target_ejected",
+                    "1 while the circuit breaker keeps the target out.",
+                ),
+                &["upstream", "target"],
+            )
+            .expect("static gauge definition"),
+        ),
+        ejections: reg(
+            &r,
+            c(
+                "gatehouse_upstream_ejections_total",
+                "Targets ejected by the circuit breaker.",
+                &["upstream", "target"],
+            ),
+        ),
         bytes_received: reg(
             &r,
             c(
@@ -124,7 +145,9 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {
     let mut buf = Vec::with_capacity(16 * 1024);
-    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf) {
+    let mut families = METRICS.registry.gather();
+    families.extend(gatehouse_plugins::metrics::REGISTRY.gather());
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
         log::error!("encoding metrics failed: {e}");
     }
     buf

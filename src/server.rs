@@ -94,6 +94,7 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
     }
     server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));
+    server.add_service(background_service("quota flusher", crate::state::Flusher));
     server.run_forever()
 }
 

@@ -10,6 +10,7 @@ use crate::metrics::METRICS;
 use crate::router::{Conditions, HostMatch, PathMatch, Router};
 use crate::upstream::Cluster;
 use gatehouse_plugins::consumers::{Consumers, Credentials};
+use gatehouse_plugins::limits::plans::Plans;
 use gatehouse_plugins::Plugin;
 use prometheus::{Histogram, IntCounter};
 use std::collections::{BTreeMap, HashMap};
@@ -52,6 +53,7 @@ pub struct Snapshot {
     pub access_log: Arc<AccessLog>,
     pub admin_token: Option<String>,
     pub consumers: Arc<Consumers>,
+    pub plans: Arc<Plans>,
     pub consumer_header: http::HeaderName,
     plugin_instances: HashMap<PluginKey, Arc<dyn Plugin>>,
 }
@@ -176,6 +178,10 @@ impl Snapshot {
                 .add(name, c.groups.clone(), c.plan.clone(), &credentials(c))
                 .map_err(|e| err(format!("consumers.{name}"), e))?;
         }
+        let mut plans = Plans::default();
+        for (name, p) in &file.plans {
+            plans.add(name, p).map_err(|e| err(format!("plans.{name}"), e.to_string()))?;
+        }
         let consumer_header = http::HeaderName::from_bytes(file.server.consumer_header.as_bytes())
             .map_err(|e| err("server.consumer_header".into(), e.to_string()))?;
 
@@ -195,6 +201,7 @@ impl Snapshot {
             admin_token: file.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.value.clone()),
             plugin_instances: instances,
             consumers: Arc::new(consumers),
+            plans: Arc::new(plans),
             consumer_header,
             file,
         })

@@ -1,16 +1,17 @@
 use crate::consumers::{Consumer, Consumers};
+use crate::limits::plans::Plans;
 use once_cell::sync::Lazy;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Shared by every context that has not been given a registry yet: no allocation per request.
 static NO_CONSUMERS: Lazy<Arc<Consumers>> = Lazy::new(|| Arc::new(Consumers::default()));
+static NO_PLANS: Lazy<Arc<Plans>> = Lazy::new(|| Arc::new(Plans::default()));
 
 /// What a plugin may know about the request beyond its headers.
 ///
 /// The core fills it before the chain runs. Later plugins see what earlier ones set
 /// (an auth plugin sets `consumer`; ACLs and rate limiters use it).
-#[derive(Debug, Clone)]
 pub struct PluginCtx {
     /// The client address after `trusted_proxies` has been applied: safe to key limits on.
     pub client_ip: IpAddr,
@@ -26,6 +27,10 @@ pub struct PluginCtx {
     pub cors_origin: Option<http::HeaderValue>,
     /// Response headers plugins want on the answer (rate-limit headers and the like).
     pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub plans: Arc<Plans>,
+    /// Held until the request is completely finished (concurrency slots): dropping the
+    /// context, on any path, releases them.
+    pub guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl PluginCtx {
@@ -40,6 +45,8 @@ impl PluginCtx {
             auth_error: None,
             cors_origin: None,
             response_headers: Vec::new(),
+            plans: NO_PLANS.clone(),
+            guards: Vec::new(),
         }
     }
 

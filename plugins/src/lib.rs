@@ -17,9 +17,12 @@ pub mod ip_restriction;
 mod jwks;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod limits;
+pub mod metrics;
 mod plugin;
 pub mod respond;
 pub mod secret;
+pub mod store;
 mod util;
 
 pub use answer::Answer;
@@ -58,6 +61,9 @@ pub const KNOWN: &[&str] = &[
     ip_restriction::NAME,
     forward_auth::NAME,
     cors::NAME,
+    limits::rate_limit::NAME,
+    limits::quota::NAME,
+    limits::concurrency::NAME,
 ];
 
 /// Builds one plugin instance from its TOML table. Called at config load, never per request.
@@ -72,6 +78,9 @@ pub fn build(name: &str, value: &toml::Value) -> Result<Arc<dyn Plugin>, PluginE
         ip_restriction::NAME => Ok(Arc::new(ip_restriction::IpRestriction::from_config(parse(value)?)?)),
         forward_auth::NAME => Ok(Arc::new(forward_auth::ForwardAuth::from_config(parse(value)?)?)),
         cors::NAME => Ok(Arc::new(cors::Cors::from_config(parse(value)?)?)),
+        limits::rate_limit::NAME => Ok(Arc::new(limits::rate_limit::RateLimit::from_config(parse(value)?)?)),
+        limits::quota::NAME => Ok(Arc::new(limits::quota::Quota::from_config(parse(value)?)?)),
+        limits::concurrency::NAME => Ok(Arc::new(limits::concurrency::ConcurrencyLimit::from_config(parse(value)?)?)),
         other => Err(PluginError {
             key: String::new(),
             reason: format!("unknown plugin `{other}` (known: {})", KNOWN.join(", ")),

@@ -77,6 +77,7 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
+            (m, p) if p.starts_with("/usage/") => usage(&m, &p["/usage/".len()..]).await,
             _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
         }
     }
@@ -92,7 +93,9 @@ impl Admin {
                 let targets: Vec<_> = c
                     .health_summary()
                     .into_iter()
-                    .map(|(t, healthy, in_flight)| json!({"addr": &*t, "healthy": healthy, "in_flight": in_flight}))
+                    .map(|(t, healthy, in_flight, ejected, ejections)| {
+                        json!({"addr": &*t, "healthy": healthy, "in_flight": in_flight, "ejected": ejected, "ejections": ejections})
+                    })
                     .collect();
                 (
                     name.clone(),
@@ -118,5 +121,37 @@ impl Admin {
             "routes": routes,
             "clusters": clusters,
         })
+    }
+}
+
+/// `GET /usage/{consumer}` and `POST /usage/{consumer}/reset`.
+async fn usage(method: &Method, rest: &str) -> Response<Vec<u8>> {
+    use gatehouse_plugins::limits::quota;
+    let (consumer, action) = match rest.split_once('/') {
+        Some((c, a)) => (c, Some(a)),
+        None => (rest, None),
+    };
+    if consumer.is_empty() {
+        return json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404}));
+    }
+    match (method, action) {
+        (&Method::GET, None) => match quota::usage(consumer).await {
+            Ok(rows) => {
+                let usage: Vec<_> = rows
+                    .into_iter()
+                    .map(|(scope, period, used)| json!({"scope": scope, "period": period, "used": used}))
+                    .collect();
+                json_reply(
+                    StatusCode::OK,
+                    json!({"consumer": consumer, "usage": usage, "unflushed": quota::unflushed()}),
+                )
+            }
+            Err(e) => json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e, "status": 503})),
+        },
+        (&Method::POST, Some("reset")) => match quota::reset(consumer).await {
+            Ok(()) => json_reply(StatusCode::OK, json!({"consumer": consumer, "reset": true})),
+            Err(e) => json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e, "status": 503})),
+        },
+        _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
     }
 }

@@ -20,6 +20,10 @@ pub struct File {
     #[serde(default)]
     pub metrics: MetricsCfg,
     #[serde(default)]
+    pub store: Option<StoreCfg>,
+    #[serde(default)]
+    pub plans: BTreeMap<String, gatehouse_plugins::limits::plans::PlanCfg>,
+    #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerCfg>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
@@ -260,6 +264,60 @@ pub struct Upstream {
     pub retries: u32,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// Passive outlier detection per target.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// 5xx answers, connect errors and timeouts in a row that eject a target.
+    #[serde(default = "d_cb_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "d_cb_base")]
+    pub base_ejection: Dur,
+    #[serde(default = "d_cb_max")]
+    pub max_ejection: Dur,
+    #[serde(default = "d_cb_percent")]
+    pub max_ejected_percent: u32,
+    /// Requests in flight per target; past it the target is skipped (0: no cap).
+    #[serde(default)]
+    pub max_in_flight: usize,
+}
+
+fn d_cb_failures() -> u32 {
+    5
+}
+fn d_cb_base() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn d_cb_max() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn d_cb_percent() -> u32 {
+    50
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreCfg {
+    /// Directory of the embedded on-disk store (quotas, usage).
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub redis: Option<String>,
+    #[serde(default = "d_store_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d_on_error")]
+    pub on_error: String,
+}
+
+fn d_store_timeout() -> Dur {
+    Dur(Duration::from_millis(20))
+}
+fn d_on_error() -> String {
+    "allow".into()
 }
 
 fn d_connect() -> Dur {

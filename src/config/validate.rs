@@ -14,6 +14,8 @@ pub(super) fn validate(f: &mut File) -> Findings {
     admin(f, &mut out);
     log(f, &mut out);
     upstreams(f, &mut out);
+    store(f, &mut out);
+    plans(f, &mut out);
     consumers(f, &mut out);
     routes(f, &mut out);
     plugins("plugins", &f.plugins, &mut out);
@@ -168,6 +170,21 @@ fn upstreams(f: &File, out: &mut Findings) {
             }
             _ => {}
         }
+        if let Some(cb) = &u.circuit_breaker {
+            let ck = format!("{base}.circuit_breaker");
+            if cb.consecutive_failures == 0 {
+                out.push((format!("{ck}.consecutive_failures"), "must be at least 1".into()));
+            }
+            if cb.max_ejected_percent > 100 {
+                out.push((format!("{ck}.max_ejected_percent"), "must be between 0 and 100".into()));
+            }
+            if cb.base_ejection.0.is_zero() || cb.max_ejection.0 < cb.base_ejection.0 {
+                out.push((
+                    format!("{ck}.max_ejection"),
+                    "base_ejection must be > 0 and max_ejection >= base_ejection".into(),
+                ));
+            }
+        }
         if let Some(hc) = &u.health_check {
             let hk = format!("{base}.health_check");
             if !hc.path.starts_with('/') {
@@ -184,6 +201,60 @@ fn upstreams(f: &File, out: &mut Findings) {
             }
             if hc.expect_status.iter().any(|s| !(100..=599).contains(s)) {
                 out.push((format!("{hk}.expect_status"), "statuses must be between 100 and 599".into()));
+            }
+        }
+    }
+}
+
+fn store(f: &File, out: &mut Findings) {
+    if let Some(s) = &f.store {
+        if let Some(p) = &s.path {
+            absolute("store.path", p, out);
+        }
+        if let Some(r) = &s.redis {
+            if !(r.starts_with("redis://") || r.starts_with("rediss://") || r.starts_with("unix://")) {
+                out.push(("store.redis".into(), format!("`{r}` is not a redis:// URL")));
+            }
+        }
+        if s.on_error != "allow" && s.on_error != "deny" {
+            out.push(("store.on_error".into(), format!("`{}` is not allow or deny", s.on_error)));
+        }
+        if s.timeout.0.is_zero() {
+            out.push(("store.timeout".into(), "must be greater than zero".into()));
+        }
+    }
+    // A limit that asks for Redis needs [store] redis.
+    let has_redis = f.store.as_ref().is_some_and(|s| s.redis.is_some());
+    let tables = f
+        .routes
+        .iter()
+        .flat_map(|(r, route)| route.plugins.iter().map(move |(p, v)| (format!("routes.{r}.plugins.{p}"), v)))
+        .chain(f.plugins.iter().map(|(p, v)| (format!("plugins.{p}"), v)));
+    for (key, v) in tables {
+        if v.get("store").and_then(|s| s.as_str()) == Some("redis") && !has_redis {
+            out.push((format!("{key}.store"), "redis needs [store] redis = \"redis://...\"".into()));
+        }
+    }
+}
+
+fn plans(f: &File, out: &mut Findings) {
+    let mut registry = gatehouse_plugins::limits::plans::Plans::default();
+    for (name, p) in &f.plans {
+        if let Err(e) = registry.add(name, p) {
+            out.push((
+                if e.key.is_empty() {
+                    format!("plans.{name}")
+                } else {
+                    format!("plans.{name}.{}", e.key)
+                },
+                e.reason,
+            ));
+        }
+    }
+    for (name, c) in &f.consumers {
+        if let Some(p) = &c.plan {
+            if !f.plans.contains_key(p) {
+                out.push((format!("consumers.{name}.plan"), format!("plan `{p}` is not defined")));
             }
         }
     }

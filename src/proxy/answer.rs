@@ -39,6 +39,11 @@ pub async fn write(session: &mut Session, ctx: &mut Ctx, answer: Answer, run_plu
     if let Ok(v) = http::HeaderValue::from_str(&ctx.plugin.request_id) {
         let _ = resp.insert_header("x-request-id", v);
     }
+    for (n, v) in &ctx.plugin.response_headers {
+        if !resp.headers.contains_key(n) {
+            let _ = resp.insert_header(n.clone(), v.clone());
+        }
+    }
     if run_plugins {
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {

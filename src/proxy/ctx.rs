@@ -34,6 +34,12 @@ pub struct Upstream {
     pub in_flight: Option<InFlight>,
     pub started: Option<Instant>,
     pub elapsed: Option<Duration>,
+    /// Status the upstream answered with.
+    pub status: Option<u16>,
+    /// Pingora is retrying after a pooled connection failed: the same target may be used.
+    pub reuse_retry: bool,
+    /// The last target chosen, for the access log.
+    pub target: Option<std::sync::Arc<str>>,
 }
 
 impl Ctx {

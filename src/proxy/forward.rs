@@ -172,6 +172,9 @@ pub fn response_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
     if let Ok(v) = http::HeaderValue::from_str(&ctx.plugin.request_id) {
         let _ = resp.insert_header("x-request-id", v);
     }
+    for (n, v) in &ctx.plugin.response_headers {
+        let _ = resp.insert_header(n.clone(), v.clone());
+    }
 }
 
 #[cfg(test)]

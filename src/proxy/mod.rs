@@ -56,6 +56,7 @@ impl ProxyHttp for Gateway {
             })
         };
         let snap_consumers = snap.consumers.clone();
+        ctx.plugin.plans = snap.plans.clone();
         ctx.snapshot = Some(snap);
         let Some((route, strip)) = found else {
             ctx.error = Some("no_route");
@@ -132,14 +133,35 @@ impl ProxyHttp for Gateway {
         };
         let mut key_buf = [0u8; 16];
         let key = forward::hash_key(session, ctx, cluster, &mut key_buf);
-        let Some(idx) = cluster.select(key, &ctx.upstream.tried) else {
+        // A stale pooled connection is retried (Pingora's ReusedOnly) on a fresh one, to
+        // the same target if no other is left; connect failures always move on.
+        let picked =
+            cluster
+                .select(key, &ctx.upstream.tried)
+                .or_else(|| if ctx.upstream.reuse_retry { cluster.select(key, &[]) } else { None });
+        let Some(idx) = picked else {
             ctx.error = Some("no_healthy_target");
             return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy target"));
         };
         ctx.upstream.tried.push(idx);
+        ctx.upstream.target = Some(cluster.targets[idx].name.clone());
         ctx.upstream.in_flight = Some(crate::upstream::InFlight::new(cluster.clone(), idx));
         ctx.upstream.started = Some(Instant::now());
         Ok(cluster.peer(idx, route.timeout))
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+            ctx.upstream.reuse_retry = e.retry();
+        }
+        if let Some(f) = ctx.upstream.in_flight.take() {
+            f.report(false);
+        }
+        e
     }
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
@@ -153,7 +175,9 @@ impl ProxyHttp for Gateway {
                 crate::metrics::METRICS.retries.with_label_values(&[&c.name]).inc();
             }
         }
-        ctx.upstream.in_flight = None;
+        if let Some(f) = ctx.upstream.in_flight.take() {
+            f.report(false);
+        }
         e.set_retry(retry);
         e
     }
@@ -172,6 +196,7 @@ impl ProxyHttp for Gateway {
         if let Some(started) = ctx.upstream.started {
             ctx.upstream.elapsed.get_or_insert_with(|| started.elapsed());
         }
+        ctx.upstream.status = Some(resp.status.as_u16());
         forward::response_headers(resp, ctx);
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {

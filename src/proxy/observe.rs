@@ -18,7 +18,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     let bytes_in = session.body_bytes_read();
     let bytes_out = session.body_bytes_sent();
-    let target = ctx.upstream.in_flight.as_ref().map(|f| f.target().name.clone());
+    let target = ctx.upstream.target.clone();
 
     let req = session.req_header();
     let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
@@ -56,8 +56,11 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
             });
         }
     }
-    // Releases the target's in-flight slot.
-    ctx.upstream.in_flight = None;
+    // Tells the circuit breaker how the target did, and releases its in-flight slot.
+    if let Some(f) = ctx.upstream.in_flight.take() {
+        let upstream_failed = e.is_some_and(|e| matches!(e.esource(), pingora_error::ErrorSource::Upstream));
+        f.report(!upstream_failed && ctx.upstream.status.is_none_or(|s| s < 500));
+    }
 }
 
 fn record_metrics(method: &str, status: u16, elapsed: std::time::Duration, bytes_in: usize, bytes_out: usize, ctx: &Ctx) {

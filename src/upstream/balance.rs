@@ -105,7 +105,7 @@ fn next_random() -> u64 {
 
 impl Cluster {
     fn eligible(&self, i: usize, tried: &[usize]) -> bool {
-        self.targets[i].is_healthy() && !tried.contains(&i)
+        self.targets[i].is_healthy() && !tried.contains(&i) && !self.targets[i].is_ejected() && self.has_room(i)
     }
 
     /// Picks a target index. `key` is the consistent-hash key when the strategy uses one.

@@ -89,14 +89,18 @@ pub async fn probe(addr: std::net::SocketAddr, host: &str, hc: &HealthCheck) -> 
 }
 
 impl Cluster {
-    pub fn health_summary(&self) -> Vec<(Arc<str>, bool, usize)> {
+    /// (target, healthy, in flight, ejected, ejections so far)
+    pub fn health_summary(&self) -> Vec<(Arc<str>, bool, usize, bool, u32)> {
         self.targets
             .iter()
             .map(|t| {
+                let (ejected, ejections) = t.ejection_info();
                 (
                     t.name.clone(),
                     t.is_healthy(),
                     t.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    ejected,
+                    ejections,
                 )
             })
             .collect()

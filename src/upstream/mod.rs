@@ -11,7 +11,7 @@ use crate::metrics::METRICS;
 use pingora_core::upstreams::peer::HttpPeer;
 use prometheus::{Histogram, IntGauge};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,13 @@ pub use balance::HashKey;
 
 pub struct Target {
     pub addr: SocketAddr,
+    /// Passive outlier detection: failures in a row, ejection deadline (ms on `clock()`,
+    /// 0: not ejected), ejections so far (the next one lasts longer).
+    failures: AtomicU32,
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    last_ejection_end: AtomicU64,
+    ejected_gauge: IntGauge,
     /// Text form for logs and labels, kept to avoid formatting per request.
     pub name: Arc<str>,
     pub weight: u32,
@@ -31,14 +38,54 @@ pub struct Target {
     healthy_gauge: IntGauge,
 }
 
+/// Milliseconds since the process started (never 0).
+pub fn clock() -> u64 {
+    static EPOCH: once_cell::sync::Lazy<std::time::Instant> = once_cell::sync::Lazy::new(std::time::Instant::now);
+    EPOCH.elapsed().as_millis() as u64 + 1
+}
+
 impl Target {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Ejected by the circuit breaker right now. An expired ejection is cleared here.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        let now = clock();
+        if now < until {
+            return true;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.last_ejection_end.store(now, Ordering::Relaxed);
+            self.ejected_gauge.set(0);
+        }
+        false
+    }
+
+    pub fn ejection_info(&self) -> (bool, u32) {
+        (self.is_ejected(), self.ejections.load(Ordering::Relaxed))
+    }
+
+    fn readmit(&self) {
+        if self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
+            self.last_ejection_end.store(clock(), Ordering::Relaxed);
+            self.ejected_gauge.set(0);
+        }
+    }
+
     /// Applies one health check result; flips state only after the configured streak.
     pub fn record_check(&self, cluster: &str, ok: bool, hc: &config::HealthCheck) {
         if ok {
+            // A passing health check ends an ejection early.
+            self.readmit();
             self.fail_streak.store(0, Ordering::Relaxed);
             let n = self.ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
             if n >= hc.healthy_after && !self.healthy.swap(true, Ordering::Relaxed) {
@@ -83,8 +130,15 @@ impl Cluster {
             o.idle_timeout = Some(cfg.idle_timeout.0);
             let gauge = METRICS.target_healthy.with_label_values(&[name, t.addr()]);
             gauge.set(1);
+            let ejected_gauge = METRICS.target_ejected.with_label_values(&[name, t.addr()]);
+            ejected_gauge.set(0);
             targets.push(Target {
                 addr,
+                failures: AtomicU32::new(0),
+                ejected_until: AtomicU64::new(0),
+                ejections: AtomicU32::new(0),
+                last_ejection_end: AtomicU64::new(0),
+                ejected_gauge,
                 name: Arc::from(t.addr()),
                 weight: t.weight().max(1),
                 healthy: AtomicBool::new(true),
@@ -121,6 +175,52 @@ impl Cluster {
     pub fn healthy_count(&self) -> usize {
         self.targets.iter().filter(|t| t.is_healthy()).count()
     }
+
+    /// Passive outcome of one request to target `idx`: 5xx, connect errors and timeouts
+    /// are failures. Enough in a row eject the target for `base_ejection * 2^n` (capped at
+    /// `max_ejection`), unless `max_ejected_percent` of the cluster is already out.
+    pub fn report(&self, idx: usize, ok: bool) {
+        let Some(cb) = self.config.circuit_breaker.as_ref() else { return };
+        let t = &self.targets[idx];
+        if ok {
+            t.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = t.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < cb.consecutive_failures || t.is_ejected() {
+            return;
+        }
+        let out = self.targets.iter().filter(|x| x.is_ejected()).count();
+        if (out + 1) * 100 > self.targets.len() * cb.max_ejected_percent as usize {
+            return;
+        }
+        let now = clock();
+        let max = cb.max_ejection.0.as_millis() as u64;
+        // A target that stayed in for a whole max_ejection starts over at base_ejection.
+        let last_end = t.last_ejection_end.load(Ordering::Relaxed);
+        if last_end != 0 && now.saturating_sub(last_end) > max {
+            t.ejections.store(0, Ordering::Relaxed);
+        }
+        let k = t.ejections.fetch_add(1, Ordering::Relaxed).min(20);
+        let ms = (cb.base_ejection.0.as_millis() as u64).saturating_mul(1u64 << k).min(max);
+        t.failures.store(0, Ordering::Relaxed);
+        t.ejected_until.store(now + ms, Ordering::Relaxed);
+        t.ejected_gauge.set(1);
+        METRICS.ejections.with_label_values(&[&self.name, &t.name]).inc();
+        log::warn!(
+            "upstream {}: ejecting {} for {ms} ms after {n} failures in a row",
+            self.name,
+            t.name
+        );
+    }
+
+    /// Whether a target may take one more request (max_in_flight).
+    pub fn has_room(&self, idx: usize) -> bool {
+        match self.config.circuit_breaker.as_ref() {
+            Some(cb) if cb.max_in_flight > 0 => self.targets[idx].in_flight.load(Ordering::Relaxed) < cb.max_in_flight,
+            _ => true,
+        }
+    }
 }
 
 /// Counts a request against a target for `least_requests` until dropped, so every exit path
@@ -138,6 +238,10 @@ impl InFlight {
 
     pub fn target(&self) -> &Target {
         &self.cluster.targets[self.idx]
+    }
+
+    pub fn report(&self, ok: bool) {
+        self.cluster.report(self.idx, ok);
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod gateway;
 pub mod load;
+pub mod redis;
 pub mod upstream;
 
 pub use client::{get, request, Response};

@@ -113,6 +113,12 @@ impl Upstream {
         f(&mut self.shared.behavior.lock().unwrap());
     }
 
+    /// `set`, usable inside a condition.
+    pub fn set_and_get(&self, f: impl FnOnce(&mut Behavior)) -> bool {
+        self.set(f);
+        true
+    }
+
     /// Requests received, not counting health checks.
     pub fn count(&self) -> usize {
         self.shared.count.load(Ordering::SeqCst)

@@ -1,0 +1,173 @@
+//! `rate_limit`: GCRA per key, local (exact, per process) or in Redis (exact, per fleet).
+//! Answers 429 with `Retry-After`; every answer of a limited route carries
+//! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+
+use super::gcra::{Decision, Gcra};
+use super::keys::{self, Part};
+use super::plans::{Rate, RateSpec};
+use crate::store;
+use crate::util::err;
+use crate::{Answer, Flow, Plugin, PluginCtx, PluginError, Priority};
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use once_cell::sync::Lazy;
+use pingora_http::RequestHeader;
+use serde::Deserialize;
+
+pub const NAME: &str = "rate_limit";
+
+/// One local limiter for the process: instances rebuilt on reload keep their counts.
+static LOCAL: Lazy<Gcra> = Lazy::new(Gcra::default);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Omitted: the consumer's plan decides (no plan: no limit).
+    #[serde(default)]
+    pub requests: Option<u64>,
+    #[serde(default)]
+    pub per: Option<String>,
+    #[serde(default)]
+    pub burst: u64,
+    #[serde(default = "d_key")]
+    pub key: String,
+    /// local | redis; default redis when [store] has one.
+    #[serde(default)]
+    pub store: Option<String>,
+    #[serde(default = "d_true")]
+    pub headers: bool,
+}
+
+fn d_key() -> String {
+    "consumer".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+pub struct RateLimit {
+    rate: Option<Rate>,
+    parts: Vec<Part>,
+    redis: Option<bool>,
+    headers: bool,
+}
+
+impl RateLimit {
+    pub fn from_config(c: Config) -> Result<Self, PluginError> {
+        let rate = match (c.requests, &c.per) {
+            (Some(requests), Some(per)) => Some(Rate::from_spec(
+                "",
+                &RateSpec {
+                    requests,
+                    per: per.clone(),
+                    burst: c.burst,
+                },
+            )?),
+            (None, None) => None,
+            _ => return Err(err("", "set both `requests` and `per`, or neither (to use the consumer's plan)")),
+        };
+        // None: Redis when [store] has one, decided once the stores are open.
+        let redis = match c.store.as_deref() {
+            Some("local") => Some(false),
+            Some("redis") => Some(true),
+            None => None,
+            Some(other) => return Err(err("store", format!("`{other}` is not local or redis"))),
+        };
+        Ok(RateLimit {
+            rate,
+            parts: keys::parse("key", &c.key)?,
+            redis,
+            headers: c.headers,
+        })
+    }
+
+    fn rate_for(&self, ctx: &PluginCtx) -> Option<(Rate, &'static str)> {
+        if let Some(r) = self.rate {
+            return Some((r, "route"));
+        }
+        let plan = ctx.consumer.as_ref()?.plan.as_deref()?;
+        ctx.plans.rate(plan).map(|r| (r, "plan"))
+    }
+}
+
+static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+fn headers(rate: &Rate, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+    let w = rate.per.as_secs().max(1);
+    let policy = format!("\"default\";q={};w={w}", rate.requests + rate.burst);
+    let now = format!("\"default\";r={};t={}", d.remaining, d.reset.as_secs_f64().ceil() as u64);
+    [(POLICY.clone(), policy), (RATELIMIT.clone(), now)]
+        .into_iter()
+        .filter_map(|(n, v)| HeaderValue::from_str(&v).ok().map(|v| (n, v)))
+        .collect()
+}
+
+#[async_trait]
+impl Plugin for RateLimit {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> Priority {
+        Priority::LIMITS
+    }
+
+    fn is_async(&self) -> bool {
+        self.redis.unwrap_or_else(|| store::get().redis.is_some())
+    }
+
+    fn request(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
+        let Some((rate, scope)) = self.rate_for(ctx) else {
+            return Flow::Continue;
+        };
+        let (interval, tau) = rate.gcra();
+        let key = keys::hash(&self.parts, req, ctx, scope);
+        let d = LOCAL.check(key, interval, tau);
+        self.finish(rate, d, ctx)
+    }
+
+    async fn request_async(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
+        let Some((rate, scope)) = self.rate_for(ctx) else {
+            return Flow::Continue;
+        };
+        let (interval, tau) = rate.gcra();
+        let key = keys::hash(&self.parts, req, ctx, scope);
+        let stores = store::get();
+        let Some(redis) = stores.redis.as_ref() else {
+            return self.finish(rate, LOCAL.check(key, interval, tau), ctx);
+        };
+        let rkey = format!("gh:rl:{}:{key:016x}", ctx.route);
+        match redis.gcra(&rkey, interval, tau).await {
+            Ok((allowed, retry, full)) => {
+                let d = Decision::from_tat(allowed, retry, full, interval, tau);
+                self.finish(rate, if allowed { d } else { Decision { remaining: 0, ..d } }, ctx)
+            }
+            Err(e) => {
+                log::warn!("rate_limit: {e}");
+                if stores.config.allow_on_error {
+                    Flow::Continue
+                } else {
+                    ctx.rejection = Some("store_unavailable");
+                    Flow::Respond(Answer::error(503, "rate limit store unavailable"))
+                }
+            }
+        }
+    }
+}
+
+impl RateLimit {
+    fn finish(&self, rate: Rate, d: Decision, ctx: &mut PluginCtx) -> Flow {
+        let h = if self.headers { headers(&rate, &d) } else { Vec::new() };
+        if d.allowed {
+            ctx.response_headers.extend(h);
+            return Flow::Continue;
+        }
+        ctx.rejection = Some("rate_limit");
+        let mut a = Answer::error(429, "rate limit exceeded");
+        let secs = d.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        a.headers.push((http::header::RETRY_AFTER, HeaderValue::from(secs)));
+        a.headers.extend(h);
+        Flow::Respond(a)
+    }
+}

@@ -1,0 +1,37 @@
+//! Metrics owned by plugins (store calls). The core renders this registry together with
+//! its own on `/metrics`.
+
+use once_cell::sync::Lazy;
+use prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
+    if let Err(e) = REGISTRY.register(Box::new(c.clone())) {
+        log::error!("metric registration failed: {e}");
+    }
+    c
+}
+
+pub static STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new("gatehouse_store_errors_total", "Failed or timed-out calls to a counter store."),
+        &["store", "op"],
+    )
+    .expect("static metric"))
+});
+
+pub static STORE_LATENCY: Lazy<HistogramVec> = Lazy::new(|| {
+    let buckets = exponential_buckets(0.0001, 2.0, 14).unwrap_or_default();
+    reg(HistogramVec::new(
+        HistogramOpts::new("gatehouse_store_latency_seconds", "Latency of counter store calls.").buckets(buckets),
+        &["store", "op"],
+    )
+    .expect("static metric"))
+});
+
+/// Makes sure every metric exists (with no samples) before the first scrape.
+pub fn init() {
+    Lazy::force(&STORE_ERRORS);
+    Lazy::force(&STORE_LATENCY);
+}

@@ -1,0 +1,65 @@
+//! Where counters that outlive a request live: in this process (rate limits), on disk
+//! (quotas, so they survive restarts and upgrades), and in Redis (shared by a fleet).
+//!
+//! `[store]` is bound at process start: the core calls [`init`] once, and limit plugins
+//! find the stores through [`get`].
+
+pub mod disk;
+pub mod redis;
+
+use once_cell::sync::OnceCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Directory of the on-disk store (quotas); None: quotas are kept in memory only.
+    pub path: Option<String>,
+    pub redis: Option<String>,
+    pub timeout: Duration,
+    /// true: requests pass while Redis is unreachable; false: they get 503.
+    pub allow_on_error: bool,
+}
+
+pub struct Stores {
+    pub config: StoreConfig,
+    pub disk: Option<disk::Disk>,
+    pub redis: Option<redis::Redis>,
+}
+
+static STORES: OnceCell<Arc<Stores>> = OnceCell::new();
+
+/// Opens the stores once per process. Later calls return the first result.
+pub fn init(config: StoreConfig) -> Result<Arc<Stores>, String> {
+    STORES
+        .get_or_try_init(|| {
+            let disk = match &config.path {
+                Some(p) => Some(disk::Disk::open(p)?),
+                None => None,
+            };
+            let redis = match &config.redis {
+                Some(url) => Some(redis::Redis::new(url, config.timeout)?),
+                None => None,
+            };
+            Ok(Arc::new(Stores { config, disk, redis }))
+        })
+        .cloned()
+}
+
+/// The stores, or an in-memory-only set when the core never configured any (tests).
+pub fn get() -> Arc<Stores> {
+    STORES
+        .get_or_init(|| {
+            Arc::new(Stores {
+                config: StoreConfig {
+                    path: None,
+                    redis: None,
+                    timeout: Duration::from_millis(20),
+                    allow_on_error: true,
+                },
+                disk: None,
+                redis: None,
+            })
+        })
+        .clone()
+}
