@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod guard;
 pub mod live;

@@ -126,6 +126,9 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
     if boot.listeners != new.listeners {
         out.push("listeners".to_string());
     }
+    if boot.cache != new.cache {
+        out.push("cache".to_string());
+    }
     if boot.store != new.store {
         out.push("store".to_string());
     }

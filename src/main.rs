@@ -91,6 +91,9 @@ fn main() -> ExitCode {
     gatehouse::logging::init(&file.log.level);
     if !cli.test {
         // Before any plugin is built for serving: limits read the store settings.
+        if file.cache.is_some() || file.routes.values().any(|r| r.plugins.contains_key(gatehouse::cache::PLUGIN)) {
+            gatehouse::cache::init(&file.cache.clone().unwrap_or_default());
+        }
         if let Err(e) = gatehouse::state::open_stores(&file) {
             eprintln!("{name}: store: {e}");
             return ExitCode::from(1);

@@ -7,7 +7,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +25,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    pub cache_requests: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub cache_objects: IntGauge,
+    pub cache_evictions: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -137,6 +142,30 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
                 "Access log lines dropped because the writer fell behind.",
             )
             .expect("static counter definition"),
+        ),
+        cache_requests: reg(
+            &r,
+            c(
+                "gatehouse_cache_requests_total",
+                "Cacheable requests by route and cache status (HIT, MISS, STALE, ...).",
+                &["route", "status"],
+            ),
+        ),
+        cache_bytes: reg(
+            &r,
+            IntGauge::new("gatehouse_cache_bytes", "Bytes held by the response cache.").expect("static gauge"),
+        ),
+        cache_objects: reg(
+            &r,
+            IntGauge::new("gatehouse_cache_objects", "Objects held by the response cache.").expect("static gauge"),
+        ),
+        cache_evictions: reg(
+            &r,
+            IntCounter::new(
+                "gatehouse_cache_evictions_total",
+                "Objects the cache evicted (or refused) to stay within memory.",
+            )
+            .expect("static counter"),
         ),
         registry: r,
     }

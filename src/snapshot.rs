@@ -38,6 +38,7 @@ pub struct Route {
     /// Sorted by priority, highest first: the request-side order.
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: RouteMetrics,
+    pub cache: Option<Arc<crate::cache::Policy>>,
 }
 
 type PluginKey = (String, String);
@@ -114,11 +115,17 @@ impl Snapshot {
             let base = format!("routes.{name}");
             let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
             for (pname, value) in &file.plugins {
-                if !r.plugins.contains_key(pname) {
+                if !r.plugins.contains_key(pname) && pname != crate::cache::PLUGIN {
                     plugins.push(instance(pname, value, "plugins")?);
                 }
             }
+            let mut cache = None;
             for (pname, value) in &r.plugins {
+                if pname == crate::cache::PLUGIN {
+                    let policy = crate::cache::Policy::from_toml(value).map_err(|(k, e)| err(format!("{base}.plugins.cache.{k}"), e))?;
+                    cache = Some(Arc::new(policy));
+                    continue;
+                }
                 plugins.push(instance(pname, value, &format!("{base}.plugins"))?);
             }
             plugins.sort_by_key(|p| std::cmp::Reverse(p.priority()));
@@ -152,6 +159,7 @@ impl Snapshot {
             let route = Route {
                 name: Arc::from(name.as_str()),
                 auth_end,
+                cache,
                 cluster,
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,

@@ -77,6 +77,7 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
+            (Method::POST, "/cache/purge") => purge(session).await,
             (m, p) if p.starts_with("/usage/") => usage(&m, &p["/usage/".len()..]).await,
             _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
         }
@@ -153,5 +154,32 @@ async fn usage(method: &Method, rest: &str) -> Response<Vec<u8>> {
             Err(e) => json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e, "status": 503})),
         },
         _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
+    }
+}
+
+/// `POST /cache/purge` with `{"host","path"}`, `{"host","prefix"}`, `{"tag"}` or `{"all":true}`.
+async fn purge(session: &mut ServerSession) -> Response<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 * 1024 {
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "purge request too large", "status": 413}),
+            );
+        }
+    }
+    let req: crate::cache::Purge = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("invalid purge request: {e}"), "status": 400}),
+            )
+        }
+    };
+    match req.run() {
+        Ok(n) => json_reply(StatusCode::OK, json!({"purged": n})),
+        Err(e) => json_reply(StatusCode::BAD_REQUEST, json!({"error": e, "status": 400})),
     }
 }

@@ -22,6 +22,8 @@ pub struct File {
     #[serde(default)]
     pub store: Option<StoreCfg>,
     #[serde(default)]
+    pub cache: Option<crate::cache::CacheCfg>,
+    #[serde(default)]
     pub plans: BTreeMap<String, gatehouse_plugins::limits::plans::PlanCfg>,
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerCfg>,

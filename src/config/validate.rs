@@ -207,6 +207,14 @@ fn upstreams(f: &File, out: &mut Findings) {
 }
 
 fn store(f: &File, out: &mut Findings) {
+    if let Some(c) = &f.cache {
+        if c.memory.0 < 1 << 20 {
+            out.push(("cache.memory".into(), "must be at least 1MiB".into()));
+        }
+        if c.max_object.0 == 0 || c.max_object.0 > c.memory.0 || c.max_object.0 > 64 << 20 {
+            out.push(("cache.max_object".into(), "must be between 1 byte and min(memory, 64MiB)".into()));
+        }
+    }
     if let Some(s) = &f.store {
         if let Some(p) = &s.path {
             absolute("store.path", p, out);
@@ -347,6 +355,22 @@ fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
 /// Building each plugin here means a bad plugin table fails `-t`, not the first request.
 fn plugins(base: &str, map: &std::collections::BTreeMap<String, toml::Value>, out: &mut Findings) {
     for (name, value) in map {
+        if name == crate::cache::PLUGIN {
+            if base == "plugins" {
+                out.push((
+                    format!("{base}.{name}"),
+                    "caching is configured per route ([routes.NAME.plugins.cache])".into(),
+                ));
+            } else if let Err((k, reason)) = crate::cache::Policy::from_toml(value) {
+                let key = if k.is_empty() || k == "." {
+                    format!("{base}.{name}")
+                } else {
+                    format!("{base}.{name}.{k}")
+                };
+                out.push((key, reason));
+            }
+            continue;
+        }
         if let Err(e) = gatehouse_plugins::build(name, value) {
             let key = if e.key.is_empty() {
                 format!("{base}.{name}")

@@ -21,6 +21,8 @@ pub struct Ctx {
     /// Status of an answer the gateway wrote itself (errors, plugin answers).
     pub own_status: Option<u16>,
     pub error: Option<&'static str>,
+    /// x-cache-status of this request on a cached route.
+    pub cache_status: Option<&'static str>,
     /// Body limit for this request (route's, else the server's) and bytes seen so far.
     pub max_body: u64,
     pub body_bytes: u64,
@@ -56,6 +58,7 @@ impl Ctx {
             upstream: Upstream::default(),
             own_status: None,
             error: None,
+            cache_status: None,
             max_body: u64::MAX,
             body_bytes: 0,
         }

@@ -123,6 +123,57 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let (Some(policy), Some(cache)) = (ctx.route.as_ref().and_then(|r| r.cache.clone()), crate::cache::get()) else {
+            return Ok(());
+        };
+        if !policy.applies(session.req_header(), ctx.plugin.consumer_name()) {
+            ctx.cache_status = Some("BYPASS");
+            return Ok(());
+        }
+        let mut o = pingora_cache::CacheOptionOverrides::default();
+        o.wait_timeout = Some(policy.lock_timeout);
+        session.cache.enable(cache.store, None, None, Some(cache.lock), Some(o));
+        session.cache.set_max_file_size_bytes(cache.store.max_object);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<pingora_cache::CacheKey> {
+        let policy = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.clone())
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache enabled without a policy"))?;
+        let req = session.req_header();
+        let host = crate::router::request_host(&req.headers, &req.uri);
+        Ok(policy.key(ctx.route_name(), host, req, ctx.plugin.consumer_name()))
+    }
+
+    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<pingora_cache::RespCacheable> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.clone()) else {
+            return Ok(pingora_cache::RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let auth = session.req_header().headers.contains_key(http::header::AUTHORIZATION);
+        Ok(policy.cacheable(resp, auth))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora_cache::CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        crate::cache::variance(meta, req)
+    }
+
+    /// Stale-while-revalidate (no error) and stale-if-error (upstream failed) are both
+    /// allowed; Pingora then checks the entry's own windows.
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        error.is_none_or(|e| matches!(e.esource(), ErrorSource::Upstream) || matches!(e.etype(), ErrorType::HTTPStatus(500..=599)))
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
@@ -192,7 +243,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.clone()) {
+            let status = match ctx.cache_status {
+                Some(s) => s,
+                None => crate::cache::status(session.cache.phase()),
+            };
+            ctx.cache_status = Some(status);
+            let _ = resp.insert_header(policy.status_header.clone(), status);
+        }
         if let Some(started) = ctx.upstream.started {
             ctx.upstream.elapsed.get_or_insert_with(|| started.elapsed());
         }

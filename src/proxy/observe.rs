@@ -77,6 +77,9 @@ fn record_metrics(method: &str, status: u16, elapsed: std::time::Duration, bytes
         if let (Some(c), Some(up)) = (route.cluster.as_ref(), ctx.upstream.elapsed) {
             c.duration.observe(up.as_secs_f64());
         }
+        if let Some(s) = ctx.cache_status {
+            METRICS.cache_requests.with_label_values(&[&route.name, s]).inc();
+        }
         if let Some(reason) = ctx.plugin.rejection {
             METRICS.rejections.with_label_values(&[&route.name, reason]).inc();
         }

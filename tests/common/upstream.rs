@@ -19,6 +19,10 @@ pub struct Behavior {
     pub headers: Vec<(String, String)>,
     /// Extra delay for requests whose path contains "slow".
     pub slow: Duration,
+    /// Sent as ETag; a request whose If-None-Match matches gets 304.
+    pub etag: Option<String>,
+    /// Body = this request header's value + the path (for Vary and key tests).
+    pub echo: Option<String>,
 }
 
 impl Default for Behavior {
@@ -31,6 +35,8 @@ impl Default for Behavior {
             health: 200,
             headers: Vec::new(),
             slow: Duration::ZERO,
+            etag: None,
+            echo: None,
         }
     }
 }
@@ -252,8 +258,24 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
             let _ = conn.shutdown(Shutdown::Both);
             return;
         }
-        let body = b.body.clone().unwrap_or_else(|| s.name.clone());
         let mut extra = String::new();
+        if let Some(tag) = &b.etag {
+            extra.push_str(&format!("ETag: {tag}\r\n"));
+            if find("if-none-match").as_deref() == Some(tag.as_str()) {
+                for (k, v) in &b.headers {
+                    extra.push_str(&format!("{k}: {v}\r\n"));
+                }
+                let resp = format!("HTTP/1.1 304 Not Modified\r\nX-Upstream: {}\r\n{extra}\r\n", s.name);
+                if conn.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let body = match &b.echo {
+            Some(h) => format!("{}|{}", find(h).unwrap_or_default(), path),
+            None => b.body.clone().unwrap_or_else(|| s.name.clone()),
+        };
         for (k, v) in &b.headers {
             extra.push_str(&format!("{k}: {v}\r\n"));
         }
