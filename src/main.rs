@@ -1,4 +1,10 @@
 use clap::Parser;
+
+/// mimalloc: the ladder (scripts/bench) measured it against glibc malloc; see
+/// loadtest/RESULTS.md for the figures that decided it.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use gatehouse::{config, live::Live, server};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,10 +7,10 @@ use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::fast_timeout;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::time::Instant;
 
 /// Pingora's own cap on header lines; ours may only be lower.
 pub const MAX_HEADERS_CEILING: usize = 256;
@@ -105,14 +105,16 @@ impl<A> HeaderGuard<A> {
         if *shutdown.borrow() {
             return None;
         }
+        // Pingora's fast timeouts, not tokio's: a tokio timer per request costs a
+        // cross-thread wake-up (an eventfd write) per request, which the ladder showed.
         tokio::select! {
-            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => match r {
+            r = fast_timeout(idle, stream.read_buf(&mut buf)) => match r {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return None,
             },
             _ = shutdown.changed() => return None,
         }
-        let deadline = Instant::now() + self.limits.header_timeout;
+        let deadline = std::time::Instant::now() + self.limits.header_timeout;
         loop {
             match self.check(&buf) {
                 Verdict::Pass => return Some(buf),
@@ -122,7 +124,8 @@ impl<A> HeaderGuard<A> {
                 }
                 Verdict::NeedMore => {}
             }
-            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match fast_timeout(left, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return None,
                 Err(_) => {

@@ -17,6 +17,9 @@ pub struct Ctx {
     pub peer_ip: IpAddr,
     pub peer_trusted: bool,
     pub plugin: PluginCtx,
+    /// The request id as a header value, built once and shared by the upstream request and
+    /// the response.
+    pub request_id: Option<http::HeaderValue>,
     pub upstream: Upstream,
     /// Status of an answer the gateway wrote itself (errors, plugin answers).
     pub own_status: Option<u16>,
@@ -55,6 +58,7 @@ impl Ctx {
             peer_ip: unspecified,
             peer_trusted: false,
             plugin: PluginCtx::new(unspecified, Arc::from(""), String::new()),
+            request_id: None,
             upstream: Upstream::default(),
             own_status: None,
             error: None,

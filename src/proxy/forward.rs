@@ -15,10 +15,19 @@ use std::net::IpAddr;
 /// peer in `trusted_proxies`; from anyone else it is ignored (and replaced upstream).
 pub fn identify(session: &Session, ctx: &mut Ctx, snap: &Snapshot) {
     let req = session.req_header();
-    ctx.plugin.request_id = match req.headers.get("x-request-id") {
-        Some(v) if identity::valid_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        _ => identity::new_request_id(),
+    let (id, header) = match req.headers.get("x-request-id") {
+        Some(v) if identity::valid_request_id(v.as_bytes()) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), v.clone()),
+        _ => {
+            let id = identity::new_request_id();
+            let h = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id.clone().into_bytes())).ok();
+            match h {
+                Some(h) => (id, h),
+                None => (id, http::HeaderValue::from_static("invalid")),
+            }
+        }
     };
+    ctx.plugin.request_id = id;
+    ctx.request_id = Some(header);
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -105,72 +114,84 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
     let original_host = session.req_header().headers.get(header::HOST).cloned();
     if !route.preserve_host {
         if let Some(t) = ctx.upstream.in_flight.as_ref().map(|f| f.target()) {
-            up.insert_header(header::HOST, &*t.name)?;
+            up.insert_header(header::HOST, t.host_header.clone())?;
         }
     }
 
     // X-Forwarded-*: extended when the peer is a trusted proxy, replaced otherwise, so a
     // client cannot make the upstream believe a forged chain.
-    let peer = ctx.peer_ip.to_string();
-    let xff = match (ctx.peer_trusted, up.headers.get("x-forwarded-for")) {
-        (true, Some(prev)) => format!("{}, {peer}", String::from_utf8_lossy(prev.as_bytes())),
-        _ => peer,
-    };
-    up.insert_header("x-forwarded-for", xff)?;
-    if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
-        up.insert_header("x-forwarded-proto", "http")?;
+    let mut xff = String::with_capacity(64);
+    if ctx.peer_trusted {
+        if let Some(prev) = up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
     }
-    if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
+    use std::fmt::Write;
+    let _ = write!(xff, "{}", ctx.peer_ip);
+    up.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+    if !(ctx.peer_trusted && up.headers.contains_key(&X_FORWARDED_PROTO)) {
+        up.insert_header(X_FORWARDED_PROTO.clone(), http::HeaderValue::from_static("http"))?;
+    }
+    if !(ctx.peer_trusted && up.headers.contains_key(&X_FORWARDED_HOST)) {
         match original_host {
             Some(h) => {
-                up.insert_header("x-forwarded-host", h)?;
+                up.insert_header(X_FORWARDED_HOST.clone(), h)?;
             }
             None => {
-                up.remove_header("x-forwarded-host");
+                up.remove_header(&X_FORWARDED_HOST);
             }
         }
     }
-    up.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+    if let Some(id) = &ctx.request_id {
+        up.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+    }
     // Who the consumer is comes from the gateway only; a client's own copy never passes.
     if let Some(snap) = ctx.snapshot.as_ref() {
-        up.remove_header(&snap.consumer_header);
+        if up.headers.contains_key(&snap.consumer_header) {
+            up.remove_header(&snap.consumer_header);
+        }
         if let Some(name) = ctx.plugin.consumer_name() {
             up.insert_header(snap.consumer_header.clone(), name)?;
         }
     }
-
-    // Pingora strips standard hop-by-hop request headers and Connection-nominated ones by
-    // default (HttpUpstreamRequestPolicy); these are the ones it leaves.
-    if !session.is_upgrade_req() {
-        for h in ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"] {
-            up.remove_header(h);
-        }
-    }
+    // Hop-by-hop request headers (and those Connection nominates) are stripped by Pingora's
+    // default HttpUpstreamRequestPolicy.
     Ok(())
 }
+
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 pub fn response_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     if !upgrade {
-        let nominated: Vec<String> = resp
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
-            .collect();
-        for n in nominated {
-            resp.remove_header(n.as_str());
+        if resp.headers.contains_key(header::CONNECTION) {
+            let nominated: Vec<String> = resp
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+                .collect();
+            for n in nominated {
+                resp.remove_header(n.as_str());
+            }
         }
-        for h in HOP_BY_HOP {
-            // Connection is Pingora's to set for the downstream; upstream's value is dropped.
-            resp.remove_header(*h);
+        // One pass over the (few) response headers instead of a lookup per hop-by-hop name.
+        // Connection is Pingora's to set for the downstream; upstream's value is dropped.
+        if resp.headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+            for h in HOP_BY_HOP {
+                resp.remove_header(*h);
+            }
         }
     }
-    if let Ok(v) = http::HeaderValue::from_str(&ctx.plugin.request_id) {
-        let _ = resp.insert_header("x-request-id", v);
+    if let Some(id) = &ctx.request_id {
+        let _ = resp.insert_header(X_REQUEST_ID.clone(), id.clone());
     }
     for (n, v) in &ctx.plugin.response_headers {
         let _ = resp.insert_header(n.clone(), v.clone());

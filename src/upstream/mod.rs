@@ -35,6 +35,8 @@ pub struct Target {
     pub in_flight: AtomicUsize,
     /// A ready-made peer: cloning it is cheaper than building one per request.
     peer: HttpPeer,
+    /// The Host header value for this target, built once (cloning shares the bytes).
+    pub host_header: http::HeaderValue,
     healthy_gauge: IntGauge,
 }
 
@@ -146,6 +148,8 @@ impl Cluster {
                 fail_streak: AtomicU32::new(0),
                 in_flight: AtomicUsize::new(0),
                 peer,
+                host_header: http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(t.addr().as_bytes()))
+                    .map_err(|_| format!("`{}` is not usable as a Host header", t.addr()))?,
                 healthy_gauge: gauge,
             });
         }
