@@ -9,6 +9,8 @@ use crate::proxy::Gateway;
 use crate::upstream::health::HealthChecker;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -82,8 +84,9 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
         live: live.clone(),
     };
     let mut svc = Service::new("gatehouse proxy".to_string(), Connections::new(guard, s.max_connections));
+    let buffers = L4BufferSettings::default().read(s.read_buffer.0 as usize);
     for l in file.listeners.values() {
-        svc.add_tcp(&l.addr);
+        svc.add_listener(ListenerConfig::tcp(l.addr.clone()).l4_buffer(buffers));
     }
     server.add_service(svc);
 

@@ -100,7 +100,9 @@ impl<A> HeaderGuard<A> {
             Some(0) | None => self.limits.keepalive_timeout,
             Some(n) => Duration::from_secs(n).min(self.limits.keepalive_timeout),
         };
-        let mut buf = BytesMut::with_capacity(4096);
+        // Small to start: most request headers fit, and an idle keep-alive connection waits
+        // here holding this buffer (it grows when a header needs more).
+        let mut buf = BytesMut::with_capacity(1024);
         let mut shutdown = shutdown.clone();
         if *shutdown.borrow() {
             return None;
