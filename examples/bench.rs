@@ -29,11 +29,14 @@ struct Opts {
     memory_conns: usize,
     out: PathBuf,
     results_md: Option<PathBuf>,
+    k6_rate: Option<u64>,
 }
 
 const HELP: &str = "scripts/bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
   [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,G0,G1,G4,GJ,GR,GC] [--no-k6]
-  [--memory-conns N] [--out FILE.json] [--results-md FILE]";
+  [--memory-conns N] [--out FILE.json] [--results-md FILE] [--k6-rate REQ_PER_S]
+  The k6 open-loop rate defaults to half of N's maximum (the issue's definition); one k6
+  process on one core saturates near 10k req/s, so on small machines pass e.g. --k6-rate 2000.";
 
 fn opts() -> Opts {
     let mut o = Opts {
@@ -48,6 +51,7 @@ fn opts() -> Opts {
         memory_conns: 10_000,
         out: PathBuf::from("loadtest/results/latest.json"),
         results_md: None,
+        k6_rate: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -71,6 +75,7 @@ fn opts() -> Opts {
             "--memory-conns" => o.memory_conns = val(&mut i).parse().unwrap_or(10_000),
             "--out" => o.out = PathBuf::from(val(&mut i)),
             "--results-md" => o.results_md = Some(PathBuf::from(val(&mut i))),
+            "--k6-rate" => o.k6_rate = val(&mut i).parse().ok(),
             "-h" | "--help" => {
                 println!("{HELP}");
                 std::process::exit(0)
@@ -89,7 +94,7 @@ fn opts() -> Opts {
         o.out = PathBuf::from("target/bench-smoke.json");
     }
     if o.rows.is_empty() {
-        o.rows = ["D", "N", "P", "G0", "G1", "G4", "GJ", "GR", "GC"]
+        o.rows = ["D", "N", "P", "G0", "G1", "GK", "G4", "GJ", "GJR", "GR", "GC"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -323,10 +328,20 @@ fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, variant: &
             ));
             extra.push_str("[consumers.bench]\nkeys = [\"bench-key-0001\"]\n");
         }
+        "GK" => {
+            plugins.push_str("[routes.bench.plugins.key_auth]\n");
+            extra.push_str("[consumers.bench]\nkeys = [\"bench-key-0001\"]\n");
+        }
         "GJ" => {
             plugins.push_str(&format!(
                 "[routes.bench.plugins.jwt_auth]\nkeys = [{{ kid = \"bench\", alg = \"ES256\", pem = \"file:{}\" }}]\nalgorithms = [\"ES256\"]\n",
                 dir.join("jwt-ec.pub.pem").display()
+            ));
+        }
+        "GJR" => {
+            plugins.push_str(&format!(
+                "[routes.bench.plugins.jwt_auth]\nkeys = [{{ kid = \"bench\", alg = \"RS256\", pem = \"file:{}\" }}]\nalgorithms = [\"RS256\"]\n",
+                dir.join("jwt-rsa.pub.pem").display()
             ));
         }
         "GC" => {
@@ -388,7 +403,9 @@ fn describe(name: &str) -> &'static str {
         "G0" => "Gatehouse, one route, no plugins, metrics and access log off",
         "G1" => "G0 + metrics + access log to a file",
         "G4" => "G1 + key auth + local rate limit (never rejects)",
+        "GK" => "G1 + key auth",
         "GJ" => "G1 + JWT ES256",
+        "GJR" => "G1 + JWT RS256",
         "GR" => "G4 with the rate limit in Redis",
         "GC" => "G1 + cache, every request a hit",
         _ => "",
@@ -475,8 +492,8 @@ fn main() {
                 } else {
                     None
                 };
-                if g == "GJ" {
-                    match jwt_material(&dir) {
+                if g == "GJ" || g == "GJR" {
+                    match jwt_material(&dir, g == "GJR") {
                         Some(token) => {
                             row.script = Some("loadtest/bearer.lua".into());
                             row.env.push(("GATEHOUSE_BENCH_TOKEN".into(), token.clone()));
@@ -488,7 +505,7 @@ fn main() {
                         }
                     }
                 }
-                if g == "G4" || g == "GR" {
+                if g == "G4" || g == "GR" || g == "GK" {
                     row.script = Some("loadtest/apikey.lua".into());
                     row.k6_env.push(("KEY".into(), "bench-key-0001".into()));
                 }
@@ -577,6 +594,9 @@ fn main() {
     if o.smoke {
         // Smoke runs only check that the scenario works; keep k6 well inside its capacity.
         rate = rate.min(1000);
+    }
+    if let Some(r) = o.k6_rate {
+        rate = r;
     }
     if o.k6 {
         let secs = if o.smoke { 2 } else { o.duration };
@@ -744,19 +764,35 @@ fn start_redis(dir: &Path) -> Option<(Child, u16)> {
 
 /// An EC P-256 key pair made with openssl and an ES256 token signed with it. The bench
 /// avoids a JWT dependency of its own; the gateway verifies with its real library.
-fn jwt_material(dir: &Path) -> Option<String> {
-    let key = dir.join("jwt-ec.pem");
-    let ok = Command::new("openssl")
-        .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
-        .arg(&key)
-        .status()
-        .ok()?
-        .success()
+fn jwt_material(dir: &Path, rsa: bool) -> Option<String> {
+    let (key, public) = if rsa {
+        (dir.join("jwt-rsa.pem"), dir.join("jwt-rsa.pub.pem"))
+    } else {
+        (dir.join("jwt-ec.pem"), dir.join("jwt-ec.pub.pem"))
+    };
+    let made = if rsa {
+        Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success()
+    } else {
+        Command::new("openssl")
+            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+            .arg(&key)
+            .status()
+            .ok()?
+            .success()
+    };
+    let ok = made
         && Command::new("openssl")
-            .args(["ec", "-in"])
+            .args([if rsa { "rsa" } else { "ec" }, "-in"])
             .arg(&key)
             .args(["-pubout", "-out"])
-            .arg(dir.join("jwt-ec.pub.pem"))
+            .arg(&public)
             .stderr(Stdio::null())
             .status()
             .ok()?
@@ -775,7 +811,11 @@ fn jwt_material(dir: &Path) -> Option<String> {
         }
         s
     };
-    let header = b64(br#"{"alg":"ES256","typ":"JWT","kid":"bench"}"#);
+    let header = if rsa {
+        b64(br#"{"alg":"RS256","typ":"JWT","kid":"bench"}"#)
+    } else {
+        b64(br#"{"alg":"ES256","typ":"JWT","kid":"bench"}"#)
+    };
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() + 86400;
     let claims = b64(format!(r#"{{"sub":"bench","exp":{exp}}}"#).as_bytes());
     let input = format!("{header}.{claims}");
@@ -787,6 +827,10 @@ fn jwt_material(dir: &Path) -> Option<String> {
         .output()
         .ok()?
         .stdout;
+    if rsa {
+        // RS256's JWS signature is the raw PKCS#1 v1.5 signature.
+        return Some(format!("{input}.{}", b64(&der)));
+    }
     // DER ECDSA signature -> raw r||s (32 bytes each) as JWS wants.
     let (r, s) = parse_der_sig(&der)?;
     let mut raw = vec![0u8; 64];
