@@ -9,6 +9,7 @@ pub mod guard;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod privileges;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -33,8 +33,9 @@ pub fn server_conf(file: &File, flags: &Flags) -> ServerConf {
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         daemon: flags.daemon,
-        user: s.user.clone(),
-        group: s.group.clone(),
+        // Privileges are dropped by crate::privileges after binding, not by Pingora.
+        user: None,
+        group: None,
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.0.as_secs()),
         ..ServerConf::default()
@@ -98,6 +99,18 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
     server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));
     server.add_service(background_service("quota flusher", crate::state::Flusher));
+    if file.server.user.is_some() || file.server.group.is_some() {
+        let mut addrs: Vec<String> = file.listeners.values().map(|l| l.addr.clone()).collect();
+        addrs.extend(file.admin.as_ref().map(|a| a.addr.clone()));
+        server.add_service(background_service(
+            "drop privileges",
+            crate::privileges::DropPrivileges {
+                user: file.server.user.clone(),
+                group: file.server.group.clone(),
+                addrs,
+            },
+        ));
+    }
     server.run_forever()
 }
 

@@ -155,3 +155,28 @@ fn sigterm_lets_in_flight_requests_finish() {
     }
     assert!(gw.wait_exit(Duration::from_secs(20)), "process exits after draining");
 }
+
+#[test]
+fn drops_privileges_after_binding() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to drop privileges (CI runs as root)");
+        return;
+    }
+    let up = Upstream::start("u");
+    let gw = Gateway::start_raw(
+        &config(&up, "x", "1s").replace("threads = 2", "threads = 2\nuser = \"nobody\"\ngroup = \"nogroup\""),
+        &[],
+    );
+    let status = || std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap_or_default();
+    let uid_line = |s: String| s.lines().find(|l| l.starts_with("Uid:")).unwrap_or("").to_string();
+    wait_until(Duration::from_secs(10), "privileges dropped", || {
+        uid_line(status()).split_whitespace().nth(1) == Some("65534")
+    });
+    let line = uid_line(status());
+    assert!(
+        line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "real, effective and saved uid are nobody: {line}"
+    );
+    assert_eq!(gw.get("/").status, 200, "still serving after the drop");
+    assert_eq!(gw.get("/extra").body, "x");
+}

@@ -62,6 +62,11 @@ fn server(f: &File, out: &mut Findings) {
     if s.keepalive_timeout.0.as_secs() == 0 {
         out.push(("server.keepalive_timeout".into(), "must be at least 1s".into()));
     }
+    if s.user.is_some() || s.group.is_some() {
+        if let Err(e) = crate::privileges::lookup(s.user.as_deref(), s.group.as_deref()) {
+            out.push((if e.starts_with("group") { "server.group" } else { "server.user" }.into(), e));
+        }
+    }
     if s.header_timeout.0.is_zero() {
         out.push(("server.header_timeout".into(), "must be greater than zero".into()));
     }
