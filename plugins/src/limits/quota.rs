@@ -73,13 +73,7 @@ impl Quota {
             (None, None) => None,
             _ => return Err(err("", "set both `requests` and `per`, or neither (to use the consumer's plan)")),
         };
-        // None: Redis when [store] has one, decided once the stores are open.
-        let redis = match c.store.as_deref() {
-            Some("local") => Some(false),
-            Some("redis") => Some(true),
-            None => None,
-            Some(other) => return Err(err("store", format!("`{other}` is not local or redis"))),
-        };
+        let redis = store::parse_choice(c.store.as_deref())?;
         Ok(Quota { own, redis })
     }
 }
@@ -248,7 +242,7 @@ impl Plugin for Quota {
     }
 
     fn is_async(&self) -> bool {
-        self.redis.unwrap_or_else(|| store::get().redis.is_some())
+        store::uses_redis(self.redis)
     }
 
     fn request(&self, _req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
@@ -283,15 +277,7 @@ impl Plugin for Quota {
         let key = format!("gh:q:{}:{period}", identity(ctx));
         match redis.quota(&key, &field, spec.requests, ends + 86_400).await {
             Ok((allowed, used)) => self.finish(&spec, allowed, used, ends, ctx),
-            Err(e) => {
-                log::warn!("quota: {e}");
-                if stores.config.allow_on_error {
-                    Flow::Continue
-                } else {
-                    ctx.rejection = Some("store_unavailable");
-                    Flow::Respond(Answer::error(503, "quota store unavailable"))
-                }
-            }
+            Err(e) => store::unavailable(ctx, "quota", &e, "quota store unavailable"),
         }
     }
 }

@@ -66,13 +66,7 @@ impl RateLimit {
             (None, None) => None,
             _ => return Err(err("", "set both `requests` and `per`, or neither (to use the consumer's plan)")),
         };
-        // None: Redis when [store] has one, decided once the stores are open.
-        let redis = match c.store.as_deref() {
-            Some("local") => Some(false),
-            Some("redis") => Some(true),
-            None => None,
-            Some(other) => return Err(err("store", format!("`{other}` is not local or redis"))),
-        };
+        let redis = store::parse_choice(c.store.as_deref())?;
         Ok(RateLimit {
             rate,
             parts: keys::parse("key", &c.key)?,
@@ -114,7 +108,7 @@ impl Plugin for RateLimit {
     }
 
     fn is_async(&self) -> bool {
-        self.redis.unwrap_or_else(|| store::get().redis.is_some())
+        store::uses_redis(self.redis)
     }
 
     fn request(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
@@ -143,15 +137,7 @@ impl Plugin for RateLimit {
                 let d = Decision::from_tat(allowed, retry, full, interval, tau);
                 self.finish(rate, if allowed { d } else { Decision { remaining: 0, ..d } }, ctx)
             }
-            Err(e) => {
-                log::warn!("rate_limit: {e}");
-                if stores.config.allow_on_error {
-                    Flow::Continue
-                } else {
-                    ctx.rejection = Some("store_unavailable");
-                    Flow::Respond(Answer::error(503, "rate limit store unavailable"))
-                }
-            }
+            Err(e) => store::unavailable(ctx, "rate_limit", &e, "rate limit store unavailable"),
         }
     }
 }

@@ -63,3 +63,30 @@ pub fn get() -> Arc<Stores> {
         })
         .clone()
 }
+
+/// A limit's `store` key: `Some(true)` redis, `Some(false)` local, `None` whichever
+/// `[store]` provides (decided once the stores are open, see [`uses_redis`]).
+pub fn parse_choice(v: Option<&str>) -> Result<Option<bool>, crate::PluginError> {
+    match v {
+        Some("local") => Ok(Some(false)),
+        Some("redis") => Ok(Some(true)),
+        None => Ok(None),
+        Some(other) => Err(crate::util::err("store", format!("`{other}` is not local or redis"))),
+    }
+}
+
+pub fn uses_redis(choice: Option<bool>) -> bool {
+    choice.unwrap_or_else(|| get().redis.is_some())
+}
+
+/// What a limited request gets while its store is unreachable: through (`on_error =
+/// "allow"`) or 503 naming the store.
+pub fn unavailable(ctx: &mut crate::PluginCtx, what: &str, error: &str, message: &'static str) -> crate::Flow {
+    log::warn!("{what}: {error}");
+    if get().config.allow_on_error {
+        crate::Flow::Continue
+    } else {
+        ctx.rejection = Some("store_unavailable");
+        crate::Flow::Respond(crate::Answer::error(503, message))
+    }
+}
