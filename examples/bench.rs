@@ -42,7 +42,7 @@ fn opts() -> Opts {
     let mut o = Opts {
         smoke: false,
         rounds: 3,
-        duration: 10,
+        duration: 8,
         connections: 50,
         proxy_cpus: "0".into(),
         load_cpus: "1".into(),
