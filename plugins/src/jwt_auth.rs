@@ -260,14 +260,6 @@ impl JwtAuth {
         })
     }
 
-    /// Number of JWKS fetches so far (tests and metrics).
-    pub fn jwks_fetches(&self) -> u64 {
-        self.jwks
-            .as_ref()
-            .map(|j| j.fetches.load(std::sync::atomic::Ordering::Relaxed))
-            .unwrap_or(0)
-    }
-
     fn token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
         if let Some(name) = &self.cookie {
             let found = req

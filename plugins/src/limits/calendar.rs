@@ -53,13 +53,6 @@ impl Period {
             }
         }
     }
-
-    pub fn seconds_hint(self) -> u64 {
-        match self {
-            Period::Day => 86_400,
-            Period::Month => 30 * 86_400,
-        }
-    }
 }
 
 #[cfg(test)]

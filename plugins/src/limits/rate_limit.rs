@@ -47,6 +47,7 @@ fn d_true() -> bool {
 
 pub struct RateLimit {
     rate: Option<Rate>,
+    policy: Option<HeaderValue>,
     parts: Vec<Part>,
     redis: Option<bool>,
     headers: bool,
@@ -68,6 +69,7 @@ impl RateLimit {
         };
         let redis = store::parse_choice(c.store.as_deref())?;
         Ok(RateLimit {
+            policy: rate.as_ref().map(policy_value),
             rate,
             parts: keys::parse("key", &c.key)?,
             redis,
@@ -87,14 +89,19 @@ impl RateLimit {
 static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-fn headers(rate: &Rate, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
-    let w = rate.per.as_secs().max(1);
-    let policy = format!("\"default\";q={};w={w}", rate.requests + rate.burst);
+/// `RateLimit-Policy` depends only on the rate: built once for a route's own rate.
+fn policy_value(rate: &Rate) -> HeaderValue {
+    let v = format!("\"default\";q={};w={}", rate.requests + rate.burst, rate.per.as_secs().max(1));
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
+}
+
+fn headers(policy: HeaderValue, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
     let now = format!("\"default\";r={};t={}", d.remaining, d.reset.as_secs_f64().ceil() as u64);
-    [(POLICY.clone(), policy), (RATELIMIT.clone(), now)]
-        .into_iter()
-        .filter_map(|(n, v)| HeaderValue::from_str(&v).ok().map(|v| (n, v)))
-        .collect()
+    let mut out = vec![(POLICY.clone(), policy)];
+    if let Ok(v) = HeaderValue::from_str(&now) {
+        out.push((RATELIMIT.clone(), v));
+    }
+    out
 }
 
 #[async_trait]
@@ -144,7 +151,15 @@ impl Plugin for RateLimit {
 
 impl RateLimit {
     fn finish(&self, rate: Rate, d: Decision, ctx: &mut PluginCtx) -> Flow {
-        let h = if self.headers { headers(&rate, &d) } else { Vec::new() };
+        let h = if self.headers {
+            let policy = match (&self.policy, self.rate) {
+                (Some(p), Some(own)) if own == rate => p.clone(),
+                _ => policy_value(&rate),
+            };
+            headers(policy, &d)
+        } else {
+            Vec::new()
+        };
         if d.allowed {
             ctx.response_headers.extend(h);
             return Flow::Continue;

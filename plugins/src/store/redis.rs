@@ -48,6 +48,12 @@ return {1, used}
 static GCRA_SCRIPT: once_cell::sync::Lazy<Script> = once_cell::sync::Lazy::new(|| Script::new(GCRA));
 static QUOTA_SCRIPT: once_cell::sync::Lazy<Script> = once_cell::sync::Lazy::new(|| Script::new(QUOTA));
 
+/// A script argument.
+enum Arg<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 impl Redis {
@@ -89,7 +95,8 @@ impl Redis {
         }
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, op: &str, script: &Script, keys: &[&str], args: &[i64]) -> Result<T, String> {
+    /// One script call: bounded by `timeout`, timed and counted in the store metrics.
+    async fn run<T: redis::FromRedisValue>(&self, op: &str, script: &Script, keys: &[&str], args: &[Arg<'_>]) -> Result<T, String> {
         let started = Instant::now();
         let call = async {
             let mut conn = self.conn().await?;
@@ -98,7 +105,10 @@ impl Redis {
                 inv.key(*k);
             }
             for a in args {
-                inv.arg(*a);
+                match a {
+                    Arg::Int(i) => inv.arg(*i),
+                    Arg::Str(t) => inv.arg(*t),
+                };
             }
             inv.invoke_async::<T>(&mut conn).await.map_err(|e| e.to_string())
         };
@@ -122,7 +132,7 @@ impl Redis {
                 "rate_limit",
                 &GCRA_SCRIPT,
                 &[key],
-                &[interval.as_micros() as i64, tau.as_micros() as i64],
+                &[Arg::Int(interval.as_micros() as i64), Arg::Int(tau.as_micros() as i64)],
             )
             .await?;
         Ok((
@@ -134,32 +144,15 @@ impl Redis {
 
     /// (allowed, used after this request)
     pub async fn quota(&self, key: &str, field: &str, limit: u64, expire_at: u64) -> Result<(bool, u64), String> {
-        let started = Instant::now();
-        let call = async {
-            let mut conn = self.conn().await?;
-            QUOTA_SCRIPT
-                .key(key)
-                .arg(field)
-                .arg(limit as i64)
-                .arg(expire_at as i64)
-                .invoke_async::<(i64, i64)>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let r = match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("redis call took longer than {:?}", self.timeout)),
-        };
-        STORE_LATENCY
-            .with_label_values(&["redis", "quota"])
-            .observe(started.elapsed().as_secs_f64());
-        match r {
-            Ok((ok, used)) => Ok((ok == 1, used.max(0) as u64)),
-            Err(e) => {
-                STORE_ERRORS.with_label_values(&["redis", "quota"]).inc();
-                Err(e)
-            }
-        }
+        let (ok, used): (i64, i64) = self
+            .run(
+                "quota",
+                &QUOTA_SCRIPT,
+                &[key],
+                &[Arg::Str(field), Arg::Int(limit as i64), Arg::Int(expire_at as i64)],
+            )
+            .await?;
+        Ok((ok == 1, used.max(0) as u64))
     }
 
     /// All quota counters of a hash (admin usage), with a longer timeout than requests get.
