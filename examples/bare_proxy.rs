@@ -39,10 +39,13 @@ fn main() {
         eprintln!("bad upstream address {}: {e}", args[2]);
         std::process::exit(2)
     });
+    // Two floors (say, with and without work stealing) may run side by side.
+    let port = args[1].rsplit(':').next().unwrap_or("0").to_string();
     let conf = ServerConf {
         threads: args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1),
-        pid_file: "/tmp/gatehouse-bare.pid".into(),
-        upgrade_sock: "/tmp/gatehouse-bare.sock".into(),
+        work_stealing: std::env::var("BARE_WORK_STEALING").map(|v| v != "0").unwrap_or(true),
+        pid_file: format!("/tmp/gatehouse-bare-{port}.pid"),
+        upgrade_sock: format!("/tmp/gatehouse-bare-{port}.sock"),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

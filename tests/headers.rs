@@ -133,3 +133,33 @@ fn trusted_proxy_xff_is_believed() {
     let line = gw.access_log().pop().unwrap();
     assert_eq!(line["client_ip"], "203.0.113.7", "rightmost untrusted address is the client");
 }
+
+/// Names are normalised on the way through unless `preserve_header_case` is set; either way
+/// every header arrives with its value.
+#[test]
+fn header_case_is_normalised_unless_preserved() {
+    for preserve in [false, true] {
+        let up = Upstream::start("u");
+        up.set(|b| b.headers = vec![("X-Upstream-Mixed".into(), "1".into())]);
+        let conf = config(&up, "").replace(
+            "[listeners.public]",
+            &format!("preserve_header_case = {preserve}\n[listeners.public]"),
+        );
+        let gw = Gateway::start_raw(&conf, &[]);
+        let r = request(&gw.addr, "GET", "/", &[("X-Client-Mixed", "2")], None);
+        assert_eq!(r.status, 200);
+        let seen = up.last();
+        assert_eq!(
+            (seen.header("x-client-mixed"), r.header("x-upstream-mixed")),
+            (Some("2"), Some("1"))
+        );
+        let sent = seen.raw_names.iter().find(|k| k.eq_ignore_ascii_case("x-client-mixed"));
+        let back = r.raw_names.iter().find(|k| k.eq_ignore_ascii_case("x-upstream-mixed"));
+        let names = (sent.map(String::as_str), back.map(String::as_str));
+        if preserve {
+            assert_eq!(names, (Some("X-Client-Mixed"), Some("X-Upstream-Mixed")));
+        } else {
+            assert_eq!(names, (Some("x-client-mixed"), Some("x-upstream-mixed")));
+        }
+    }
+}

@@ -8,7 +8,10 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    /// Names lower-cased, for lookups.
     pub headers: Vec<(String, String)>,
+    /// Header names exactly as they arrived, for header-case tests.
+    pub raw_names: Vec<String>,
     pub body: String,
 }
 
@@ -98,8 +101,10 @@ pub fn parse(buf: &[u8]) -> Option<Response> {
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
+    let pairs: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+    let raw_names = pairs.iter().map(|(k, _)| k.trim().to_string()).collect();
+    let headers: Vec<(String, String)> = pairs
+        .iter()
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let rest = &buf[end + 4..];
@@ -108,6 +113,7 @@ pub fn parse(buf: &[u8]) -> Option<Response> {
     Some(Response {
         status,
         headers,
+        raw_names,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }

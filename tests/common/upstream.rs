@@ -45,7 +45,10 @@ impl Default for Behavior {
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// Names lower-cased, for lookups.
     pub headers: Vec<(String, String)>,
+    /// Header names exactly as they arrived, for header-case tests.
+    pub raw_names: Vec<String>,
     pub body: Vec<u8>,
 }
 
@@ -195,6 +198,7 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
         let mut headers = Vec::new();
+        let mut raw_names = Vec::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -205,6 +209,7 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
+                raw_names.push(k.trim().to_string());
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
@@ -245,6 +250,7 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
             method: method.clone(),
             path: path.clone(),
             headers: headers.clone(),
+            raw_names,
             body,
         });
         if !b.delay.is_zero() {
@@ -279,8 +285,14 @@ fn serve(conn: TcpStream, s: Arc<Shared>) {
         for (k, v) in &b.headers {
             extra.push_str(&format!("{k}: {v}\r\n"));
         }
+        // The standard reason phrase, as real servers send: a custom one makes the gateway
+        // keep the response header as Pingora built it (see `preserve_header_case`).
+        let reason = http::StatusCode::from_u16(b.status)
+            .ok()
+            .and_then(|c| c.canonical_reason())
+            .unwrap_or("X");
         let resp = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Upstream: {}\r\n{extra}\r\n{body}",
+            "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nX-Upstream: {}\r\n{extra}\r\n{body}",
             b.status,
             body.len(),
             s.name
