@@ -1,7 +1,7 @@
 use clap::Parser;
 
-/// mimalloc: the ladder (scripts/bench) measured it against glibc malloc; see
-/// loadtest/RESULTS.md for the figures that decided it.
+/// mimalloc (its v2 line): the ladder (scripts/bench) measured it against glibc malloc, and
+/// callgrind against mimalloc v3 and jemalloc; loadtest/RESULTS.md has the figures.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
