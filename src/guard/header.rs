@@ -50,10 +50,10 @@ fn refuse_with(status: (u16, &'static str), message: &'static str, reason: &'sta
 
 impl<A> HeaderGuard<A> {
     fn check(&self, buf: &[u8]) -> Verdict {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
-        let headers = &mut storage[..self.limits.max_headers];
-        let mut req = httparse::Request::new(headers);
-        let status = req.parse(buf);
+        // Uninitialised: filling 256 empty headers first costs ~1k instructions per request.
+        let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
+        let mut req = httparse::Request::new(&mut []);
+        let status = req.parse_with_uninit_headers(buf, &mut storage[..self.limits.max_headers]);
         if let Some(path) = req.path {
             if path.len() > self.limits.max_uri {
                 return refuse_with((414, "URI Too Long"), "request URI is too long", "uri_too_long");
@@ -150,13 +150,12 @@ impl<A> HeaderGuard<A> {
         let id = refuse(stream, status, text, message).await;
         let snap = self.live.load();
         if snap.access_log.enabled() {
-            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
             let peer = stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|i| i.ip())))
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             snap.access_log.write(&crate::access_log::Line {
-                time: &now,
+                time: std::time::SystemTime::now(),
                 request_id: &id,
                 client_ip: peer,
                 method: "",

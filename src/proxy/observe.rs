@@ -32,11 +32,10 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     if let Some(snap) = ctx.snapshot.as_ref() {
         if snap.access_log.enabled() {
-            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
             let host = crate::router::request_host(&req.headers, &req.uri);
             let err_text = e.map(|e| e.etype().as_str());
             snap.access_log.write(&Line {
-                time: &now,
+                time: std::time::SystemTime::now(),
                 request_id: &ctx.plugin.request_id,
                 client_ip: ctx.plugin.client_ip,
                 method: req.method.as_str(),

@@ -95,13 +95,49 @@ fn policy_value(rate: &Rate) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
 }
 
-fn headers(policy: HeaderValue, d: &Decision) -> Vec<(HeaderName, HeaderValue)> {
-    let now = format!("\"default\";r={};t={}", d.remaining, d.reset.as_secs_f64().ceil() as u64);
-    let mut out = vec![(POLICY.clone(), policy)];
-    if let Ok(v) = HeaderValue::from_str(&now) {
+/// Appends `RateLimit-Policy` and `RateLimit`. Runs on every request of a limited route, so
+/// the numbers are written into a stack buffer rather than through `format!`.
+fn headers(policy: HeaderValue, d: &Decision, out: &mut Vec<(HeaderName, HeaderValue)>) {
+    out.push((POLICY.clone(), policy));
+    let mut buf = [0u8; 64];
+    let mut w = Cursor { buf: &mut buf, len: 0 };
+    w.put(b"\"default\";r=");
+    w.num(d.remaining);
+    w.put(b";t=");
+    w.num(d.reset.as_secs_f64().ceil() as u64);
+    let len = w.len;
+    if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
         out.push((RATELIMIT.clone(), v));
     }
-    out
+}
+
+/// A fixed buffer that silently stops at its end (the value then fails to parse or is cut;
+/// two u64s and a label always fit in 64 bytes).
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Cursor<'_> {
+    fn put(&mut self, b: &[u8]) {
+        let n = b.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+    }
+
+    fn num(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..]);
+    }
 }
 
 #[async_trait]
@@ -151,18 +187,19 @@ impl Plugin for RateLimit {
 
 impl RateLimit {
     fn finish(&self, rate: Rate, d: Decision, ctx: &mut PluginCtx) -> Flow {
-        let h = if self.headers {
-            let policy = match (&self.policy, self.rate) {
-                (Some(p), Some(own)) if own == rate => p.clone(),
-                _ => policy_value(&rate),
-            };
-            headers(policy, &d)
-        } else {
-            Vec::new()
-        };
+        let policy = self.headers.then(|| match (&self.policy, self.rate) {
+            (Some(p), Some(own)) if own == rate => p.clone(),
+            _ => policy_value(&rate),
+        });
         if d.allowed {
-            ctx.response_headers.extend(h);
+            if let Some(policy) = policy {
+                headers(policy, &d, &mut ctx.response_headers);
+            }
             return Flow::Continue;
+        }
+        let mut h = Vec::new();
+        if let Some(policy) = policy {
+            headers(policy, &d, &mut h);
         }
         ctx.rejection = Some("rate_limit");
         let mut a = Answer::error(429, "rate limit exceeded");

@@ -5,9 +5,11 @@
 
 use crate::metrics::METRICS;
 use once_cell::sync::OnceCell;
-use serde::Serialize;
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+
+mod line;
+pub use line::Line;
 
 const QUEUE: usize = 16 * 1024;
 
@@ -35,30 +37,6 @@ pub struct AccessLog {
     tx: OnceCell<Option<SyncSender<Vec<u8>>>>,
 }
 
-#[derive(Serialize)]
-pub struct Line<'a> {
-    pub time: &'a str,
-    pub request_id: &'a str,
-    pub client_ip: std::net::IpAddr,
-    pub method: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub route: &'a str,
-    pub upstream: &'a str,
-    pub target: &'a str,
-    pub bytes_in: usize,
-    pub bytes_out: usize,
-    pub duration_ms: f64,
-    pub upstream_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub consumer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejection: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
-}
-
 impl AccessLog {
     pub fn new(sink: Sink) -> Self {
         AccessLog { sink, tx: OnceCell::new() }
@@ -73,10 +51,7 @@ impl AccessLog {
             return;
         };
         let mut buf = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut buf, line).is_err() {
-            return;
-        }
-        buf.push(b'\n');
+        line.encode(&mut buf);
         match tx.try_send(buf) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => METRICS.access_log_dropped.inc(),
