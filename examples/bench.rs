@@ -33,7 +33,7 @@ struct Opts {
 }
 
 const HELP: &str = "scripts/bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
-  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,G0,G1,G4,GJ,GR,GC] [--no-k6]
+  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,PM,G0,G1,GK,G4,GJ,GJR,GR,GC] [--no-k6]
   [--memory-conns N] [--out FILE.json] [--results-md FILE] [--k6-rate REQ_PER_S]
   The k6 open-loop rate defaults to half of N's maximum (the issue's definition); one k6
   process on one core saturates near 10k req/s, so on small machines pass e.g. --k6-rate 2000.";
@@ -94,7 +94,7 @@ fn opts() -> Opts {
         o.out = PathBuf::from("target/bench-smoke.json");
     }
     if o.rows.is_empty() {
-        o.rows = ["D", "N", "P", "G0", "G1", "GK", "G4", "GJ", "GJR", "GR", "GC"]
+        o.rows = ["D", "N", "P", "PM", "G0", "G1", "GK", "G4", "GJ", "GJR", "GR", "GC"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -400,6 +400,7 @@ fn describe(name: &str) -> &'static str {
         "D" => "wrk straight to the upstream",
         "N" => "nginx reverse proxy (1 worker, upstream keepalive)",
         "P" => "bare Pingora 0.9 proxy (the floor)",
+        "PM" => "P with Gatehouse's allocator (mimalloc)",
         "G0" => "Gatehouse, one route, no plugins, metrics and access log off",
         "G1" => "G0 + metrics + access log to a file",
         "G4" => "G1 + key auth + local rate limit (never rejects)",
@@ -441,6 +442,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/release/gatehouse"));
     let bare = root.join("target/release/examples/bare_proxy");
+    let bare_mi = root.join("target/release/examples/bare_proxy_mimalloc");
     let mut rows: Vec<Row> = Vec::new();
     let mut redis_child: Option<Child> = None;
     for name in &o.rows {
@@ -472,10 +474,11 @@ fn main() {
                 c.arg("-c").arg(dir.join("nginx-proxy.conf")).arg("-p").arg(&dir);
                 Some(spawn(c, &dir.join("nginx-proxy.log")))
             }
-            "P" => {
-                let mut c = pinned(&o.proxy_cpus, &bare.display().to_string());
+            "P" | "PM" => {
+                let bin = if name == "P" { &bare } else { &bare_mi };
+                let mut c = pinned(&o.proxy_cpus, &bin.display().to_string());
                 c.arg(format!("127.0.0.1:{port}")).arg(format!("127.0.0.1:{up_port}")).arg("1");
-                Some(spawn(c, &dir.join("bare.log")))
+                Some(spawn(c, &dir.join(format!("bare-{name}.log"))))
             }
             g if g.starts_with('G') => {
                 let redis = if g == "GR" {
@@ -619,7 +622,7 @@ fn main() {
 
     // Ratios.
     let cpu_of = |n: &str| summary.get(n).and_then(|v| v["cpu_us_per_req"].as_f64());
-    let (n_cpu, p_cpu, g0_cpu) = (cpu_of("N"), cpu_of("P"), cpu_of("G0"));
+    let (n_cpu, p_cpu, pm_cpu, g0_cpu) = (cpu_of("N"), cpu_of("P"), cpu_of("PM"), cpu_of("G0"));
     for (name, v) in summary.iter_mut() {
         if let (Some(c), Value::Object(m)) = (v["cpu_us_per_req"].as_f64(), &mut *v) {
             if let Some(n) = n_cpu {
@@ -627,6 +630,9 @@ fn main() {
             }
             if let Some(p) = p_cpu {
                 m.insert("x_pingora".into(), json!(c / p));
+            }
+            if let Some(p) = pm_cpu {
+                m.insert("x_pingora_mimalloc".into(), json!(c / p));
             }
             if let Some(g0) = g0_cpu {
                 if name.starts_with('G') {
@@ -861,19 +867,20 @@ fn parse_der_sig(d: &[u8]) -> Option<(&[u8], &[u8])> {
 
 fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<&Value>) -> String {
     let mut t = String::new();
-    t.push_str("| row | what | req/s | CPU µs/req | x N | x P | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n");
-    t.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("| row | what | req/s | CPU µs/req | x N | x P | x PM | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n");
+    t.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let f = |v: &Value, k: &str, prec: usize| v[k].as_f64().map(|x| format!("{x:.prec$}")).unwrap_or("-".into());
     for row in rows {
         let Some(v) = summary.get(&row.name) else { continue };
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             row.name,
             row.what,
             f(v, "rps", 0),
             f(v, "cpu_us_per_req", 1),
             f(v, "x_nginx", 2),
             f(v, "x_pingora", 2),
+            f(v, "x_pingora_mimalloc", 2),
             f(v, "p50_ms", 2),
             f(v, "p99_ms", 2),
             f(v, "k6_p99_ms", 2),
