@@ -3,7 +3,7 @@ use crate::live::Live;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
@@ -95,11 +95,8 @@ impl<A> HeaderGuard<A> {
 
     /// Reads until a complete header is buffered. `None`: the connection is finished
     /// (closed, idle too long, refused).
-    async fn pre_read(&self, stream: &mut Stream, keepalive: Option<u64>, shutdown: &ShutdownWatch) -> Option<BytesMut> {
-        let idle = match keepalive {
-            Some(0) | None => self.limits.keepalive_timeout,
-            Some(n) => Duration::from_secs(n).min(self.limits.keepalive_timeout),
-        };
+    async fn pre_read(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
+        let idle = self.limits.keepalive_timeout;
         // Small to start: most request headers fit, and an idle keep-alive connection waits
         // here holding this buffer (it grows when a header needs more).
         let mut buf = BytesMut::with_capacity(1024);
@@ -223,33 +220,38 @@ fn framing(req: &httparse::Request<'_, '_>) -> Verdict {
     Verdict::Pass
 }
 
+/// Pingora's own keep-alive loop for HTTP/1 (`impl ServerApp for T: HttpServerApp`), with
+/// the guard's read in front of each request. Owning the loop means the guard costs no
+/// extra boxed future or session per request: wrapping `process_new_http` instead took the
+/// session Pingora had just built apart and built another.
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderGuard<A> {
-    async fn process_new_http(self: &Arc<Self>, session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
-        let session = match session {
-            ServerSession::H1(mut h1) => {
-                let keepalive = h1.get_keepalive_timeout();
-                let reuses = h1.get_keepalive_reuses_remaining();
-                let user_ctx = h1.take_connection_user_context();
-                let mut stream = h1.into_inner();
-                let buf = self.pre_read(&mut stream, keepalive, shutdown).await?;
-                let mut s = ServerSession::new_http1(stream);
-                s.set_keepalive(keepalive);
-                s.set_keepalive_reuses_remaining(reuses);
-                s.set_connection_user_context(user_ctx);
-                s.set_pipelined_prefix(buf);
-                s
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let opts = self.inner.server_options();
+        // TLS (ALPN decides), h2c and custom protocols are Pingora's to dispatch.
+        if stream.get_ssl_digest().is_some() || opts.is_some_and(|o| o.h2c || o.force_custom) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        let limit = opts.and_then(|o| o.keepalive_request_limit);
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        loop {
+            let buf = self.pre_read(&mut stream, shutdown).await?;
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(p) => p.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                    session.set_keepalive_reuses_remaining(limit);
+                }
             }
-            other => other,
-        };
-        self.inner.process_new_http(session, shutdown).await
+            session.set_pipelined_prefix(buf);
+            let (next, settings) = self.inner.process_new_http(session, shutdown).await?.consume();
+            stream = next;
+            persistent = settings;
+        }
     }
 
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.inner.server_options()
-    }
-
-    async fn http_cleanup(&self) {
+    async fn cleanup(&self) {
         self.inner.http_cleanup().await
     }
 }

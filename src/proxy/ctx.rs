@@ -47,6 +47,9 @@ pub struct Upstream {
     pub target: Option<std::sync::Arc<str>>,
 }
 
+/// Shared so that a new context does not allocate an empty name per request.
+static NO_ROUTE: once_cell::sync::Lazy<Arc<str>> = once_cell::sync::Lazy::new(|| Arc::from(""));
+
 impl Ctx {
     pub fn new() -> Self {
         let unspecified = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -57,7 +60,7 @@ impl Ctx {
             strip: 0,
             peer_ip: unspecified,
             peer_trusted: false,
-            plugin: PluginCtx::new(unspecified, Arc::from(""), String::new()),
+            plugin: PluginCtx::new(unspecified, NO_ROUTE.clone(), String::new()),
             request_id: None,
             upstream: Upstream::default(),
             own_status: None,
