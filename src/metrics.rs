@@ -181,3 +181,42 @@ pub fn render() -> Vec<u8> {
     }
     buf
 }
+
+/// `gatehouse_requests_total{route,method,status}` children for one route, resolved on first
+/// use and then kept: counting a request is an index and an atomic add instead of hashing
+/// three label values under the metric family's read lock. Methods and statuses outside
+/// the table take the family lookup.
+pub struct RequestCounters {
+    route: std::sync::Arc<str>,
+    slots: Box<[once_cell::sync::OnceCell<prometheus::IntCounter>]>,
+}
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+const STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 413, 414, 429, 431, 500, 502, 503, 504,
+];
+
+impl RequestCounters {
+    pub fn new(route: std::sync::Arc<str>) -> Self {
+        RequestCounters {
+            route,
+            slots: (0..METHODS.len() * STATUSES.len())
+                .map(|_| once_cell::sync::OnceCell::new())
+                .collect(),
+        }
+    }
+
+    /// `status_text` is the status as the label shows it (`"200"`, or `"0"` when none).
+    pub fn inc(&self, method: &str, status: u16, status_text: &str) {
+        let slot = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .zip(STATUSES.iter().position(|s| *s == status))
+            .map(|(m, s)| m * STATUSES.len() + s);
+        let labels = [&*self.route, method, status_text];
+        match slot.and_then(|i| self.slots.get(i)) {
+            Some(cell) => cell.get_or_init(|| METRICS.requests.with_label_values(&labels)).inc(),
+            None => METRICS.requests.with_label_values(&labels).inc(),
+        }
+    }
+}

@@ -23,6 +23,7 @@ pub struct RouteMetrics {
     pub duration: Histogram,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+    pub requests: crate::metrics::RequestCounters,
 }
 
 pub struct Route {
@@ -170,6 +171,7 @@ impl Snapshot {
                     duration: METRICS.request_duration.with_label_values(&[name]),
                     bytes_in: METRICS.bytes_received.with_label_values(&[name]),
                     bytes_out: METRICS.bytes_sent.with_label_values(&[name]),
+                    requests: crate::metrics::RequestCounters::new(Arc::from(name.as_str())),
                 },
             };
             let cond = Conditions {

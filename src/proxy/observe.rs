@@ -63,13 +63,13 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
 }
 
 fn record_metrics(method: &str, status: u16, elapsed: std::time::Duration, bytes_in: usize, bytes_out: usize, ctx: &Ctx) {
-    let route_label = if ctx.route.is_some() { ctx.route_name() } else { "_none" };
     // StatusCode::as_str is a static table: no formatting per request.
     let status_code = http::StatusCode::from_u16(status).ok();
-    METRICS
-        .requests
-        .with_label_values(&[route_label, method, status_code.as_ref().map_or("0", |s| s.as_str())])
-        .inc();
+    let status_text = status_code.as_ref().map_or("0", |s| s.as_str());
+    match ctx.route.as_ref() {
+        Some(route) => route.metrics.requests.inc(method, status, status_text),
+        None => METRICS.requests.with_label_values(&["_none", method, status_text]).inc(),
+    }
     if let Some(route) = ctx.route.as_ref() {
         route.metrics.duration.observe(elapsed.as_secs_f64());
         route.metrics.bytes_in.inc_by(bytes_in as u64);
