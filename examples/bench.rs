@@ -41,8 +41,10 @@ const HELP: &str = "scripts/bench [--smoke] [--rounds N] [--duration SECS] [--co
 fn opts() -> Opts {
     let mut o = Opts {
         smoke: false,
-        rounds: 3,
-        duration: 8,
+        // Many short interleaved rounds: on a shared VM the noise moves within minutes, and
+        // a row measured in 9 slices spread over the run sees the same noise as the others.
+        rounds: 9,
+        duration: 3,
         connections: 50,
         proxy_cpus: "0".into(),
         load_cpus: "1".into(),
@@ -65,8 +67,8 @@ fn opts() -> Opts {
     while i < args.len() {
         match args[i].as_str() {
             "--smoke" => o.smoke = true,
-            "--rounds" => o.rounds = val(&mut i).parse().unwrap_or(3),
-            "--duration" => o.duration = val(&mut i).parse().unwrap_or(10),
+            "--rounds" => o.rounds = val(&mut i).parse().unwrap_or(9),
+            "--duration" => o.duration = val(&mut i).parse().unwrap_or(3),
             "--connections" => o.connections = val(&mut i).parse().unwrap_or(50),
             "--proxy-cpus" => o.proxy_cpus = val(&mut i),
             "--load-cpus" => o.load_cpus = val(&mut i),
@@ -577,12 +579,18 @@ fn main() {
         let mut p99: Vec<f64> = s.iter().map(|x| x.p99_ms).collect();
         let errors: u64 = s.iter().map(|x| x.errors).sum();
         let rss = s.iter().map(|x| x.rss).max().unwrap_or(0);
+        // Quartiles of the CPU samples: how far the noise moved this row.
+        let quartiles = {
+            let mut v = cpu.clone();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            (!v.is_empty()).then(|| (v[v.len() / 4], v[(v.len() * 3) / 4]))
+        };
         summary.insert(
             row.name.clone(),
             json!({
                 "what": row.what, "rps": median(&mut rps), "cpu_us_per_req": if cpu.is_empty() { Value::Null } else { json!(median(&mut cpu)) },
                 "p50_ms": median(&mut p50), "p99_ms": median(&mut p99), "errors": errors, "rss_bytes": rss,
-                "rounds": s.len(),
+                "rounds": s.len(), "cpu_q1": quartiles.map(|q| q.0), "cpu_q3": quartiles.map(|q| q.1),
             }),
         );
     }
@@ -602,7 +610,8 @@ fn main() {
         rate = r;
     }
     if o.k6 {
-        let secs = if o.smoke { 2 } else { o.duration };
+        // Long enough for a p99.9 with a few dozen samples above it.
+        let secs = if o.smoke { 2 } else { o.duration.max(8) };
         for row in &rows {
             if let Some((p99, p999, failed)) = run_k6(&o, row, rate, secs, &dir) {
                 if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
@@ -877,7 +886,10 @@ fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<
             row.name,
             row.what,
             f(v, "rps", 0),
-            f(v, "cpu_us_per_req", 1),
+            match (v["cpu_us_per_req"].as_f64(), v["cpu_q1"].as_f64(), v["cpu_q3"].as_f64()) {
+                (Some(c), Some(q1), Some(q3)) if v["rounds"].as_u64().unwrap_or(0) >= 4 => format!("{c:.1} ({q1:.0}-{q3:.0})"),
+                _ => f(v, "cpu_us_per_req", 1),
+            },
             f(v, "x_nginx", 2),
             f(v, "x_pingora", 2),
             f(v, "x_pingora_mimalloc", 2),
@@ -927,7 +939,7 @@ fn write_results_md(path: &Path, report: &Value, table: &str) {
     let text = format!(
         "# Benchmark results\n\nMachine: {}. Commit: {}. Date: {}.\n\nSettings: {} rounds of {} s per row, interleaved; wrk -t1 -c{}; proxy pinned to CPU {}, \
          wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum).\nCPU µs/req is utime+stime of the proxy's processes over the run \
-         divided by requests (median of rounds).\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 5 --duration 20`).\n\n{}\n",
+         divided by requests: the median of rounds, with the quartiles in brackets.\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 15` for tighter medians).\n\n{}\n",
         report["machine"].as_str().unwrap_or(""),
         report["commit"].as_str().unwrap_or(""),
         report["date"].as_str().unwrap_or(""),
