@@ -316,14 +316,16 @@ fn run_k6(o: &Opts, row: &Row, rate: u64, secs: u64, dir: &Path) -> Option<(f64,
 /// well below that on a small machine, and then its p99 measures k6's own queue. So the rate
 /// is stepped down (x0.6) until k6, aimed at the upstream directly (row D), keeps its p99
 /// within 3x of wrk's p99 for D (or 5 ms): the open-loop columns then measure the proxies.
-fn k6_capacity(o: &Opts, rows: &[Row], summary: &BTreeMap<String, Value>, mut rate: u64, dir: &Path) -> u64 {
+fn k6_capacity(o: &Opts, rows: &[Row], summary: &BTreeMap<String, Value>, mut rate: u64, secs: u64, dir: &Path) -> u64 {
     let Some(d) = rows.iter().find(|r| r.name == "D") else {
         return rate;
     };
     let wrk_p99 = summary.get("D").and_then(|v| v["p99_ms"].as_f64()).unwrap_or(1.0);
     let limit = (3.0 * wrk_p99).max(5.0);
     while rate > 500 {
-        match run_k6(o, d, rate, 4, dir) {
+        // As long as the measured runs: a short probe passes near the knee and then the
+        // measured run does not.
+        match run_k6(o, d, rate, secs, dir) {
             Some((p99, _, failed)) if p99 <= limit && failed == 0 => break,
             Some((p99, ..)) => eprintln!("k6 at {rate} req/s: p99 {p99:.1} ms against D (limit {limit:.1} ms); stepping down"),
             None => break,
@@ -631,7 +633,7 @@ fn main() {
     if let Some(r) = o.k6_rate {
         rate = r;
     } else if o.k6 && !o.smoke {
-        rate = k6_capacity(&o, &rows, &summary, rate, &dir);
+        rate = k6_capacity(&o, &rows, &summary, rate, o.duration.max(8), &dir);
     }
     if o.k6 {
         // Long enough for a p99.9 with a few dozen samples above it.
