@@ -315,7 +315,8 @@ fn run_k6(o: &Opts, row: &Row, rate: u64, secs: u64, dir: &Path) -> Option<(f64,
 /// The fixed rate is half of N's maximum, but one k6 process on the load core saturates
 /// well below that on a small machine, and then its p99 measures k6's own queue. So the rate
 /// is stepped down (x0.6) until k6, aimed at the upstream directly (row D), keeps its p99
-/// within 3x of wrk's p99 for D (or 5 ms): the open-loop columns then measure the proxies.
+/// within 3x of wrk's p99 for D (or 5 ms), and then one step more for margin: the open-loop
+/// columns then measure the proxies.
 fn k6_capacity(o: &Opts, rows: &[Row], summary: &BTreeMap<String, Value>, mut rate: u64, secs: u64, dir: &Path) -> u64 {
     let Some(d) = rows.iter().find(|r| r.name == "D") else {
         return rate;
@@ -326,7 +327,9 @@ fn k6_capacity(o: &Opts, rows: &[Row], summary: &BTreeMap<String, Value>, mut ra
         // As long as the measured runs: a short probe passes near the knee and then the
         // measured run does not.
         match run_k6(o, d, rate, secs, dir) {
-            Some((p99, _, failed)) if p99 <= limit && failed == 0 => break,
+            // One step below the first rate that passes: at the knee k6 passes one run and
+            // queues in the next.
+            Some((p99, _, failed)) if p99 <= limit && failed == 0 => return (rate * 3 / 5).max(500),
             Some((p99, ..)) => eprintln!("k6 at {rate} req/s: p99 {p99:.1} ms against D (limit {limit:.1} ms); stepping down"),
             None => break,
         }
@@ -965,7 +968,7 @@ fn commit() -> String {
 fn write_results_md(path: &Path, report: &Value, table: &str) {
     let text = format!(
         "# Benchmark results\n\nMachine: {}. Commit: {}. Date: {}.\n\nSettings: {} rounds of {} s per row, interleaved; wrk -t1 -c{}; proxy pinned to CPU {}, \
-         wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum, stepped down until one k6 process keeps up against D).\nCPU µs/req is utime+stime of the proxy's processes over the run \
+         wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum, stepped down until one k6 process keeps up against D, then one step more).\nCPU µs/req is utime+stime of the proxy's processes over the run \
          divided by requests: the median of rounds, with the quartiles in brackets.\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 15` for tighter medians).\n\n{}\n",
         report["machine"].as_str().unwrap_or(""),
         report["commit"].as_str().unwrap_or(""),
