@@ -6,6 +6,7 @@
 
 pub mod acl;
 mod answer;
+pub mod ascii;
 pub mod basic_auth;
 pub mod consumers;
 mod context;

@@ -105,29 +105,24 @@ impl Headers for http::HeaderMap {
     }
 }
 
-impl Headers for RequestHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn set(&mut self, name: &http::HeaderName, value: http::HeaderValue) -> Result<()> {
-        self.insert_header(name.clone(), value)
-    }
-    fn remove(&mut self, name: &http::HeaderName) {
-        self.remove_header(name);
-    }
+/// Pingora's two header types share the case-preserving API but no trait.
+macro_rules! pingora_headers {
+    ($($t:ty),*) => {$(
+        impl Headers for $t {
+            fn map(&self) -> &http::HeaderMap {
+                &self.headers
+            }
+            fn set(&mut self, name: &http::HeaderName, value: http::HeaderValue) -> Result<()> {
+                self.insert_header(name.clone(), value)
+            }
+            fn remove(&mut self, name: &http::HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
 
-impl Headers for ResponseHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn set(&mut self, name: &http::HeaderName, value: http::HeaderValue) -> Result<()> {
-        self.insert_header(name.clone(), value)
-    }
-    fn remove(&mut self, name: &http::HeaderName) {
-        self.remove_header(name);
-    }
-}
+pingora_headers!(RequestHeader, ResponseHeader);
 
 fn preserve_case(ctx: &Ctx) -> bool {
     ctx.snapshot.as_ref().is_some_and(|s| s.file.server.preserve_header_case)
@@ -230,33 +225,13 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
 }
 
 /// The X-Forwarded-For value: the peer's address, after the trusted chain if there is one.
-/// IPv4 is written by hand: `Display` for an address costs about 1k instructions.
 fn forwarded_for(prev: Option<&str>, peer: IpAddr) -> Result<http::HeaderValue> {
     let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
     if let Some(p) = prev {
         out.extend_from_slice(p.as_bytes());
         out.extend_from_slice(b", ");
     }
-    match peer {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + (octet / 10) % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
-    }
+    gatehouse_plugins::ascii::push_ip(&mut out, peer);
     http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
         .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))
 }

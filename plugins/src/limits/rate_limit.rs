@@ -125,18 +125,8 @@ impl Cursor<'_> {
         self.len += n;
     }
 
-    fn num(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.put(&digits[i..]);
+    fn num(&mut self, v: u64) {
+        self.put(crate::ascii::u64_digits(v, &mut [0; 20]));
     }
 }
 
