@@ -244,6 +244,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
                     session.set_keepalive_reuses_remaining(limit);
                 }
             }
+            // Pingora carries over-read bytes in the persistent settings only when HTTP/1
+            // pipelining is enabled, which Gatehouse never does; the guard's bytes are the
+            // only prefix.
             session.set_pipelined_prefix(buf);
             let (next, settings) = self.inner.process_new_http(session, shutdown).await?.consume();
             stream = next;

@@ -253,11 +253,15 @@ static HOP_BY_HOP: [http::HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-pub fn response_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
+/// `cache_status`: the cache's status header (`x-cache-status: HIT`) on a cached route.
+pub fn response_headers(resp: &mut ResponseHeader, ctx: &Ctx, cache_status: Option<(http::HeaderName, http::HeaderValue)>) {
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     edit_response(resp, preserve_case(ctx), |h| {
         if !upgrade {
             strip_hop_by_hop(h);
+        }
+        if let Some((name, value)) = cache_status {
+            let _ = h.set(&name, value);
         }
         if let Some(id) = &ctx.request_id {
             let _ = h.set(&X_REQUEST_ID, id.clone());

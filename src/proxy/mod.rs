@@ -244,19 +244,19 @@ impl ProxyHttp for Gateway {
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.clone()) {
+        let cache_header = ctx.route.as_ref().and_then(|r| r.cache.clone()).map(|policy| {
             let status = match ctx.cache_status {
                 Some(s) => s,
                 None => crate::cache::status(session.cache.phase()),
             };
             ctx.cache_status = Some(status);
-            let _ = resp.insert_header(policy.status_header.clone(), status);
-        }
+            (policy.status_header.clone(), http::HeaderValue::from_static(status))
+        });
         if let Some(started) = ctx.upstream.started {
             ctx.upstream.elapsed.get_or_insert_with(|| started.elapsed());
         }
         ctx.upstream.status = Some(resp.status.as_u16());
-        forward::response_headers(resp, ctx);
+        forward::response_headers(resp, ctx, cache_header);
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
                 p.response(resp, &ctx.plugin);
