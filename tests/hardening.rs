@@ -256,6 +256,39 @@ fn connection_cap_refuses_clearly() {
     wait_until(Duration::from_secs(5), "slots to free up", || gw.get("/").status == 200);
 }
 
+/// The idle timer is armed once and kept across requests: when it fires on a connection that
+/// has been busy since, the connection must stay open, and an idle one still closes on time.
+#[test]
+fn busy_keepalive_connection_outlives_an_earlier_idle_deadline() {
+    let up = Upstream::start("u");
+    let gw = gateway(&up, "keepalive_timeout = \"1s\"");
+    let mut s = TcpStream::connect(&gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = Instant::now();
+    let mut served = 0;
+    let mut last = Instant::now();
+    // Gaps of 400 ms, each well inside the 1 s limit, for more than twice that limit.
+    while start.elapsed() < Duration::from_millis(2600) {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let r = read_response(&mut s).unwrap_or_else(|e| panic!("request {served} on a busy connection: {e}"));
+        assert_eq!(r.status, 200);
+        assert!(!r.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")));
+        served += 1;
+        last = Instant::now();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(served >= 6, "served {served}");
+    // Now idle: closed, and not before the limit (counted from the last response).
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).expect("the server closes, not the read timeout");
+    assert_eq!(n, 0);
+    assert!(
+        last.elapsed() >= Duration::from_millis(900),
+        "closed {:?} after the last response",
+        last.elapsed()
+    );
+}
+
 #[test]
 fn idle_keepalive_is_closed_and_requests_per_connection_are_capped() {
     let up = Upstream::start("u");

@@ -8,8 +8,10 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 /// Pingora's own cap on header lines; ours may only be lower.
@@ -33,6 +35,26 @@ pub struct HeaderGuard<A> {
     pub inner: Arc<A>,
     pub limits: Limits,
     pub live: Arc<Live>,
+}
+
+/// The keep-alive idle timer of one connection, armed lazily and kept across requests:
+/// arming a timer for every wait costs an allocation and a timer registration per request
+/// (about 1k instructions). When one armed during an earlier, shorter wait fires, the waiter
+/// sees its own deadline has not passed and re-arms for the rest, as nginx does.
+#[derive(Default)]
+struct IdleTimer {
+    sleep: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl IdleTimer {
+    /// Completes when the armed timer fires (arming it for the whole deadline first).
+    async fn fired(&mut self, until: Instant) {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(pingora_timeout::sleep(until.saturating_duration_since(Instant::now()))));
+        sleep.as_mut().await;
+        self.sleep = None;
+    }
 }
 
 enum Verdict {
@@ -95,25 +117,29 @@ impl<A> HeaderGuard<A> {
 
     /// Reads until a complete header is buffered. `None`: the connection is finished
     /// (closed, idle too long, refused).
-    async fn pre_read(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Option<BytesMut> {
-        let idle = self.limits.keepalive_timeout;
+    async fn pre_read(&self, stream: &mut Stream, idle: &mut IdleTimer, shutdown: &mut ShutdownWatch) -> Option<BytesMut> {
         // Small to start: most request headers fit, and an idle keep-alive connection waits
         // here holding this buffer (it grows when a header needs more).
         let mut buf = BytesMut::with_capacity(1024);
-        let mut shutdown = shutdown.clone();
         if *shutdown.borrow() {
             return None;
         }
-        // Pingora's fast timeouts, not tokio's: a tokio timer per request costs a
-        // cross-thread wake-up (an eventfd write) per request, which the ladder showed.
-        tokio::select! {
-            r = fast_timeout(idle, stream.read_buf(&mut buf)) => match r {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            },
-            _ = shutdown.changed() => return None,
+        let idle_until = Instant::now() + self.limits.keepalive_timeout;
+        loop {
+            tokio::select! {
+                r = stream.read_buf(&mut buf) => match r {
+                    Ok(n) if n > 0 => break,
+                    _ => return None,
+                },
+                // Armed for an earlier wait if not yet past our deadline: the connection was
+                // busy since, and the next turn arms the timer for the rest.
+                _ = idle.fired(idle_until) => if Instant::now() >= idle_until {
+                    return None;
+                },
+                _ = shutdown.changed() => return None,
+            }
         }
-        let deadline = std::time::Instant::now() + self.limits.header_timeout;
+        let deadline = Instant::now() + self.limits.header_timeout;
         loop {
             match self.check(&buf) {
                 Verdict::Pass => return Some(buf),
@@ -123,7 +149,7 @@ impl<A> HeaderGuard<A> {
                 }
                 Verdict::NeedMore => {}
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match fast_timeout(left, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return None,
@@ -234,8 +260,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         }
         let limit = opts.and_then(|o| o.keepalive_request_limit);
         let mut persistent: Option<HttpPersistentSettings> = None;
+        let mut idle = IdleTimer::default();
+        let mut watch = shutdown.clone();
         loop {
-            let buf = self.pre_read(&mut stream, shutdown).await?;
+            let buf = self.pre_read(&mut stream, &mut idle, &mut watch).await?;
             let mut session = ServerSession::new_http1(stream);
             match persistent.take() {
                 Some(p) => p.apply_to_session(&mut session),
