@@ -85,7 +85,12 @@ upstream = "u"
     // No route limit: the consumer's plan decides (gold: 4 per minute); no plan, no limit.
     let plan: Vec<u16> = (0..6).map(|_| key(&gw, "/plan", "acme-key").status).collect();
     assert_eq!(plan, vec![200, 200, 200, 200, 429, 429]);
-    assert!((0..8).all(|_| key(&gw, "/plan", "zed-key").status == 200));
+    let r = key(&gw, "/plan", "acme-key");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"default\";q=4;w=60"), "the plan's policy");
+    assert!((0..8).all(|_| {
+        let r = key(&gw, "/plan", "zed-key");
+        r.status == 200 && r.header("ratelimit-policy").is_none()
+    }));
 }
 
 fn fleet_config(up: &Upstream, redis: &Redis, on_error: &str, dir_tag: &str) -> String {

@@ -10,11 +10,25 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Consumer {
     pub name: Arc<str>,
+    /// The name as the value of the consumer header sent upstream, built once here rather
+    /// than on every request; `None` if the name cannot be a header value.
+    pub header_value: Option<http::HeaderValue>,
     pub groups: Vec<String>,
     pub plan: Option<String>,
 }
 
 impl Consumer {
+    /// A consumer with a name only: the anonymous consumer, or a JWT subject not in the
+    /// registry.
+    pub fn named(name: &str) -> Consumer {
+        Consumer {
+            name: Arc::from(name),
+            header_value: http::HeaderValue::from_str(name).ok(),
+            groups: Vec::new(),
+            plan: None,
+        }
+    }
+
     pub fn in_group(&self, g: &str) -> bool {
         self.groups.iter().any(|x| x == g)
     }
@@ -46,9 +60,9 @@ impl Consumers {
     /// Adds one consumer; refuses a key, username or subject another consumer already has.
     pub fn add(&mut self, name: &str, groups: Vec<String>, plan: Option<String>, creds: &Credentials) -> Result<(), String> {
         let c = Arc::new(Consumer {
-            name: Arc::from(name),
             groups,
             plan,
+            ..Consumer::named(name)
         });
         for (i, k) in creds.keys.iter().enumerate() {
             if self.by_key.insert(key_digest(k.as_bytes()), c.clone()).is_some() {

@@ -465,13 +465,7 @@ impl Plugin for JwtAuth {
         let consumer = verified.subject.as_deref().and_then(|s| ctx.consumers.by_subject(s)).cloned();
         match (consumer, &verified.subject) {
             (Some(c), _) => ctx.consumer = Some(c),
-            (None, Some(sub)) if !self.require_consumer => {
-                ctx.consumer = Some(Arc::new(crate::consumers::Consumer {
-                    name: Arc::from(sub.as_str()),
-                    groups: Vec::new(),
-                    plan: None,
-                }))
-            }
+            (None, Some(sub)) if !self.require_consumer => ctx.consumer = Some(Arc::new(crate::consumers::Consumer::named(sub))),
             _ => {
                 ctx.auth_error = Some("token does not map to a consumer");
                 return Flow::Continue;

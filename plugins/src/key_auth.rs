@@ -77,18 +77,17 @@ impl Plugin for KeyAuth {
         if ctx.consumer.is_some() {
             return Flow::Continue;
         }
-        let from_header = req.headers.get(&self.header).map(|v| v.as_bytes().to_vec());
-        let from_query = || self.query.as_deref().and_then(|q| req.uri.query().and_then(|s| query_param(s, q)));
-        let (key, in_query) = match from_header {
-            Some(k) => (k, false),
-            None => match from_query() {
-                Some(k) => (k.into_bytes(), true),
+        // Looked up straight from the header's bytes: no copy of the key per request.
+        let (found, in_query) = match req.headers.get(&self.header) {
+            Some(v) => (ctx.consumers.by_key(v.as_bytes()).cloned(), false),
+            None => match self.query.as_deref().and_then(|q| req.uri.query().and_then(|s| query_param(s, q))) {
+                Some(k) => (ctx.consumers.by_key(k.as_bytes()).cloned(), true),
                 None => return Flow::Continue,
             },
         };
-        match ctx.consumers.by_key(&key) {
+        match found {
             Some(c) => {
-                ctx.consumer = Some(c.clone());
+                ctx.consumer = Some(c);
                 if self.hide {
                     req.remove_header(&self.header);
                     if let (true, Some(q), Some(name)) = (in_query, req.uri.query().map(str::to_string), self.query.as_deref()) {

@@ -13,13 +13,11 @@ pub fn gate(route: &Route, ctx: &mut PluginCtx) -> Option<Answer> {
     }
     let auth = route.plugins.iter().filter(|p| p.is_auth());
     if let Some(name) = auth.clone().find_map(|p| p.anonymous()) {
-        let consumer = ctx.consumers.by_name(name).cloned().unwrap_or_else(|| {
-            Arc::new(Consumer {
-                name: Arc::from(name),
-                groups: Vec::new(),
-                plan: None,
-            })
-        });
+        let consumer = ctx
+            .consumers
+            .by_name(name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Consumer::named(name)));
         ctx.consumer = Some(consumer);
         return None;
     }

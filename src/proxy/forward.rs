@@ -213,8 +213,13 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
             if h.map().contains_key(&snap.consumer_header) {
                 h.remove(&snap.consumer_header);
             }
-            if let Some(name) = ctx.plugin.consumer_name() {
-                let v = http::HeaderValue::from_str(name).map_err(|e| Error::because(ErrorType::InternalError, "consumer header", e))?;
+            if let Some(c) = ctx.plugin.consumer.as_ref() {
+                let v = c.header_value.clone().ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        format!("consumer `{}` is not a valid header value", c.name),
+                    )
+                })?;
                 h.set(&snap.consumer_header, v)?;
             }
         }

@@ -64,15 +64,31 @@ impl Rate {
     }
 }
 
+/// A rate with its `RateLimit-Policy` value, which depends only on the rate: built once at
+/// load, for a route's own rate and for each plan's, never per request.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub rate: Rate,
+    pub policy: http::HeaderValue,
+}
+
+impl Limit {
+    pub fn new(rate: Rate) -> Limit {
+        let v = format!("\"default\";q={};w={}", rate.requests + rate.burst, rate.per.as_secs().max(1));
+        let policy = http::HeaderValue::from_str(&v).unwrap_or_else(|_| http::HeaderValue::from_static("\"default\""));
+        Limit { rate, policy }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Plans {
-    plans: HashMap<String, (Option<Rate>, Option<QuotaSpec>)>,
+    plans: HashMap<String, (Option<Limit>, Option<QuotaSpec>)>,
 }
 
 impl Plans {
     pub fn add(&mut self, name: &str, p: &PlanCfg) -> Result<(), PluginError> {
         let rate = match &p.rate_limit {
-            Some(r) => Some(Rate::from_spec("rate_limit", r)?),
+            Some(r) => Some(Limit::new(Rate::from_spec("rate_limit", r)?)),
             None => None,
         };
         if p.quota.as_ref().is_some_and(|q| q.requests == 0) {
@@ -86,8 +102,8 @@ impl Plans {
         self.plans.contains_key(name)
     }
 
-    pub fn rate(&self, plan: &str) -> Option<Rate> {
-        self.plans.get(plan).and_then(|p| p.0)
+    pub fn rate(&self, plan: &str) -> Option<&Limit> {
+        self.plans.get(plan).and_then(|p| p.0.as_ref())
     }
 
     pub fn quota(&self, plan: &str) -> Option<&QuotaSpec> {

@@ -4,7 +4,7 @@
 
 use super::gcra::{Decision, Gcra};
 use super::keys::{self, Part};
-use super::plans::{Rate, RateSpec};
+use super::plans::{Limit, Rate, RateSpec};
 use crate::store;
 use crate::util::err;
 use crate::{Answer, Flow, Plugin, PluginCtx, PluginError, Priority};
@@ -46,8 +46,8 @@ fn d_true() -> bool {
 }
 
 pub struct RateLimit {
-    rate: Option<Rate>,
-    policy: Option<HeaderValue>,
+    /// The route's own rate; `None`: the consumer's plan decides.
+    limit: Option<Limit>,
     parts: Vec<Part>,
     redis: Option<bool>,
     headers: bool,
@@ -69,31 +69,25 @@ impl RateLimit {
         };
         let redis = store::parse_choice(c.store.as_deref())?;
         Ok(RateLimit {
-            policy: rate.as_ref().map(policy_value),
-            rate,
+            limit: rate.map(Limit::new),
             parts: keys::parse("key", &c.key)?,
             redis,
             headers: c.headers,
         })
     }
 
-    fn rate_for(&self, ctx: &PluginCtx) -> Option<(Rate, &'static str)> {
-        if let Some(r) = self.rate {
-            return Some((r, "route"));
-        }
-        let plan = ctx.consumer.as_ref()?.plan.as_deref()?;
-        ctx.plans.rate(plan).map(|r| (r, "plan"))
+    /// The rate that applies, its policy header (if headers are on) and the key scope.
+    fn rate_for(&self, ctx: &PluginCtx) -> Option<(Rate, Option<HeaderValue>, &'static str)> {
+        let (limit, scope) = match &self.limit {
+            Some(l) => (l, "route"),
+            None => (ctx.plans.rate(ctx.consumer.as_ref()?.plan.as_deref()?)?, "plan"),
+        };
+        Some((limit.rate, self.headers.then(|| limit.policy.clone()), scope))
     }
 }
 
 static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// `RateLimit-Policy` depends only on the rate: built once for a route's own rate.
-fn policy_value(rate: &Rate) -> HeaderValue {
-    let v = format!("\"default\";q={};w={}", rate.requests + rate.burst, rate.per.as_secs().max(1));
-    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("\"default\""))
-}
 
 /// Appends `RateLimit-Policy` and `RateLimit`. Runs on every request of a limited route, so
 /// the numbers are written into a stack buffer rather than through `format!`.
@@ -145,30 +139,30 @@ impl Plugin for RateLimit {
     }
 
     fn request(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
-        let Some((rate, scope)) = self.rate_for(ctx) else {
+        let Some((rate, policy, scope)) = self.rate_for(ctx) else {
             return Flow::Continue;
         };
         let (interval, tau) = rate.gcra();
         let key = keys::hash(&self.parts, req, ctx, scope);
         let d = LOCAL.check(key, interval, tau);
-        self.finish(rate, d, ctx)
+        self.finish(policy, d, ctx)
     }
 
     async fn request_async(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
-        let Some((rate, scope)) = self.rate_for(ctx) else {
+        let Some((rate, policy, scope)) = self.rate_for(ctx) else {
             return Flow::Continue;
         };
         let (interval, tau) = rate.gcra();
         let key = keys::hash(&self.parts, req, ctx, scope);
         let stores = store::get();
         let Some(redis) = stores.redis.as_ref() else {
-            return self.finish(rate, LOCAL.check(key, interval, tau), ctx);
+            return self.finish(policy, LOCAL.check(key, interval, tau), ctx);
         };
         let rkey = format!("gh:rl:{}:{key:016x}", ctx.route);
         match redis.gcra(&rkey, interval, tau).await {
             Ok((allowed, retry, full)) => {
                 let d = Decision::from_tat(allowed, retry, full, interval, tau);
-                self.finish(rate, if allowed { d } else { Decision { remaining: 0, ..d } }, ctx)
+                self.finish(policy, if allowed { d } else { Decision { remaining: 0, ..d } }, ctx)
             }
             Err(e) => store::unavailable(ctx, "rate_limit", &e, "rate limit store unavailable"),
         }
@@ -176,11 +170,7 @@ impl Plugin for RateLimit {
 }
 
 impl RateLimit {
-    fn finish(&self, rate: Rate, d: Decision, ctx: &mut PluginCtx) -> Flow {
-        let policy = self.headers.then(|| match (&self.policy, self.rate) {
-            (Some(p), Some(own)) if own == rate => p.clone(),
-            _ => policy_value(&rate),
-        });
+    fn finish(&self, policy: Option<HeaderValue>, d: Decision, ctx: &mut PluginCtx) -> Flow {
         if d.allowed {
             if let Some(policy) = policy {
                 headers(policy, &d, &mut ctx.response_headers);
