@@ -659,24 +659,28 @@ fn main() {
         .find(|r| r.name == "G0")
         .and_then(|r| r.pid.map(|pid| memory_test(pid, r.port, o.memory_conns)));
 
-    // Ratios.
-    let cpu_of = |n: &str| summary.get(n).and_then(|v| v["cpu_us_per_req"].as_f64());
-    let (n_cpu, p_cpu, pm_cpu, g0_cpu) = (cpu_of("N"), cpu_of("P"), cpu_of("PM"), cpu_of("G0"));
+    // Ratios: per round, each row against the reference measured in that same round, then
+    // the median over rounds. A round runs every row back to back, so a slow spell of this
+    // shared machine lands on both sides of a ratio instead of on one row's median.
+    let paired = |name: &str, reference: &str| -> Option<(f64, f64, f64)> {
+        let (a, b) = (samples.get(name)?, samples.get(reference)?);
+        let mut r: Vec<f64> = a.iter().zip(b).filter_map(|(x, y)| Some(x.cpu_us? / y.cpu_us?)).collect();
+        if r.is_empty() {
+            return None;
+        }
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        Some((r[r.len() / 2], r[r.len() / 4], r[(r.len() * 3) / 4]))
+    };
     for (name, v) in summary.iter_mut() {
-        if let (Some(c), Value::Object(m)) = (v["cpu_us_per_req"].as_f64(), &mut *v) {
-            if let Some(n) = n_cpu {
-                m.insert("x_nginx".into(), json!(c / n));
+        let Value::Object(m) = v else { continue };
+        for (key, reference) in [("x_nginx", "N"), ("x_pingora", "P"), ("x_pingora_mimalloc", "PM"), ("x_g0", "G0")] {
+            if key == "x_g0" && !name.starts_with('G') {
+                continue;
             }
-            if let Some(p) = p_cpu {
-                m.insert("x_pingora".into(), json!(c / p));
-            }
-            if let Some(p) = pm_cpu {
-                m.insert("x_pingora_mimalloc".into(), json!(c / p));
-            }
-            if let Some(g0) = g0_cpu {
-                if name.starts_with('G') {
-                    m.insert("x_g0".into(), json!(c / g0));
-                }
+            if let Some((median, q1, q3)) = paired(name, reference) {
+                m.insert(key.into(), json!(median));
+                m.insert(format!("{key}_q1"), json!(q1));
+                m.insert(format!("{key}_q3"), json!(q3));
             }
         }
     }
@@ -921,7 +925,12 @@ fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<
                 _ => f(v, "cpu_us_per_req", 1),
             },
             f(v, "x_nginx", 2),
-            f(v, "x_pingora", 2),
+            match (v["x_pingora"].as_f64(), v["x_pingora_q1"].as_f64(), v["x_pingora_q3"].as_f64()) {
+                (Some(r), Some(q1), Some(q3)) if v["rounds"].as_u64().unwrap_or(0) >= 4 && q1 != q3 => {
+                    format!("{r:.2} ({q1:.2}-{q3:.2})")
+                }
+                _ => f(v, "x_pingora", 2),
+            },
             f(v, "x_pingora_mimalloc", 2),
             f(v, "p50_ms", 2),
             f(v, "p99_ms", 2),
@@ -969,7 +978,9 @@ fn write_results_md(path: &Path, report: &Value, table: &str) {
     let text = format!(
         "# Benchmark results\n\nMachine: {}. Commit: {}. Date: {}.\n\nSettings: {} rounds of {} s per row, interleaved; wrk -t1 -c{}; proxy pinned to CPU {}, \
          wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum, stepped down until one k6 process keeps up against D, then one step more).\nCPU µs/req is utime+stime of the proxy's processes over the run \
-         divided by requests: the median of rounds, with the quartiles in brackets.\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 15` for tighter medians).\n\n{}\n",
+         divided by requests: the median of rounds, with the quartiles in brackets. \
+         The x columns pair rows within a round (row / reference, both measured in the same round) and take the median over rounds; x P shows \
+         the quartiles of those per-round ratios.\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 15` for tighter medians).\n\n{}\n",
         report["machine"].as_str().unwrap_or(""),
         report["commit"].as_str().unwrap_or(""),
         report["date"].as_str().unwrap_or(""),
