@@ -9,6 +9,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// A raw client connection that gives up reading after `secs` (a hung server fails the test).
+fn client(gw: &Gateway, secs: u64) -> TcpStream {
+    let s = TcpStream::connect(&gw.addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(secs))).expect("set read timeout");
+    s
+}
+
 fn gateway(up: &Upstream, server_extra: &str) -> Gateway {
     Gateway::start_raw(
         &format!(
@@ -142,8 +149,7 @@ fn header_uri_and_body_limits() {
     assert_eq!(up.count(), 1, "only the request within limits reached the upstream");
 
     // A chunked body that grows past the limit mid-stream.
-    let mut s = TcpStream::connect(&gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = client(&gw, 5);
     s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         .unwrap();
     let chunk = format!("200\r\n{}\r\n", "c".repeat(0x200));
@@ -241,8 +247,7 @@ fn connection_cap_refuses_clearly() {
     let gw = gateway(&up, "max_connections = 5");
     let held: Vec<TcpStream> = (0..5)
         .map(|_| {
-            let mut s = TcpStream::connect(&gw.addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut s = client(&gw, 5);
             s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
             let r = read_response(&mut s).unwrap();
             assert_eq!(r.status, 200);
@@ -262,8 +267,7 @@ fn connection_cap_refuses_clearly() {
 fn busy_keepalive_connection_outlives_an_earlier_idle_deadline() {
     let up = Upstream::start("u");
     let gw = gateway(&up, "keepalive_timeout = \"1s\"");
-    let mut s = TcpStream::connect(&gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = client(&gw, 10);
     let start = Instant::now();
     let mut served = 0;
     let mut last = Instant::now();
@@ -293,8 +297,7 @@ fn busy_keepalive_connection_outlives_an_earlier_idle_deadline() {
 fn idle_keepalive_is_closed_and_requests_per_connection_are_capped() {
     let up = Upstream::start("u");
     let gw = gateway(&up, "keepalive_timeout = \"1s\"\nkeepalive_requests = 3");
-    let mut s = TcpStream::connect(&gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = client(&gw, 10);
     let mut served = 0;
     let mut closed_by_server = false;
     for _ in 0..10 {
@@ -318,8 +321,7 @@ fn idle_keepalive_is_closed_and_requests_per_connection_are_capped() {
 
     // Idle keep-alive connection: closed by the server after about keepalive_timeout, also
     // after a first request (Pingora alone would wait forever there).
-    let mut s = TcpStream::connect(&gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = client(&gw, 10);
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut s).unwrap().status, 200);
     let t = Instant::now();
