@@ -3,7 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::File;
-use crate::guard::{Connections, HeaderGuard, Limits};
+use crate::listen::{Connections, HeaderGuard, Limits};
 use crate::live::Live;
 use crate::proxy::Gateway;
 use crate::upstream::health::HealthChecker;

@@ -255,7 +255,7 @@ fn a_confusing_jwks_is_rejected_and_the_previous_keys_kept() {
         let forged = token(Algorithm::HS256, "h", &EncodingKey::from_secret(b"abc"), &claims("acme-service"));
         assert_eq!(bearer(&gw, &forged).status, 401, "{name}: the rejected set's keys are not used");
         assert_eq!(bearer(&gw, &t1).status, 200, "{name}: the previous keys stay in use");
-        let refused = gw.metric("gatehouse_jwks_refused_total{route=\"r\"}");
+        let refused = gw.metric(&format!("gatehouse_jwks_refused_total{{url=\"http://{}/jwks.json\"}}", idp.addr));
         assert!(refused >= (i + 1) as f64, "{name}: rejected fetches are counted ({refused})");
     }
 }

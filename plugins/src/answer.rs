@@ -10,6 +10,9 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// Set for the gateway's own JSON errors: the core writes the body
+    /// (`{"error","status","request_id"}`) once it knows the request id, and `body` is unused.
+    pub error: Option<String>,
 }
 
 impl Answer {
@@ -18,13 +21,26 @@ impl Answer {
             status,
             headers: vec![(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
             body: body.into(),
+            error: None,
         }
     }
 
-    /// The gateway's uniform JSON error shape; the core fills in the request id.
+    /// The gateway's uniform JSON error shape; the core renders it with the request id.
     pub fn error(status: u16, message: &str) -> Self {
-        let body = serde_json::json!({ "error": message, "status": status });
-        Answer::new(status, "application/json", body.to_string())
+        Answer {
+            error: Some(message.to_string()),
+            ..Answer::new(status, "application/json", Bytes::new())
+        }
+    }
+
+    /// An answer with no body (204, 304).
+    pub fn empty(status: u16) -> Self {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            error: None,
+        }
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {

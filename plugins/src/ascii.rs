@@ -39,6 +39,16 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// The value of one hex digit.
+pub fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 
 use crate::util::{duration, err};
 use crate::{Answer, Flow, Plugin, PluginCtx, PluginError, Priority};
-use bytes::Bytes;
 use http::header::*;
 use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -58,6 +57,15 @@ impl Cors {
         for (i, o) in c.origins.iter().enumerate() {
             let o = o.to_ascii_lowercase();
             if o == "*" {
+                // A browser never sends credentials to `*`, so the plugin would have to
+                // reflect the Origin instead: any web page could then read answers made
+                // with the user's cookies.
+                if c.credentials {
+                    return Err(err(
+                        &format!("origins[{i}]"),
+                        "`*` cannot be combined with credentials = true (it would let any site read credentialed answers); list the origins",
+                    ));
+                }
                 origins.push(OriginRule::Any);
             } else if let Some((scheme, rest)) = o.split_once("://*") {
                 if !rest.starts_with('.') {
@@ -171,9 +179,8 @@ impl Plugin for Cors {
             headers.push((ACCESS_CONTROL_MAX_AGE, m.clone()));
         }
         Flow::Respond(Answer {
-            status: 204,
             headers,
-            body: Bytes::new(),
+            ..Answer::empty(204)
         })
     }
 

@@ -1,8 +1,9 @@
 //! `forward_auth`: asks an auth service whether the request may pass.
 //! 2xx: through, with configured headers of the auth answer copied upstream. Any other
 //! status: returned to the client with its body. Timeout or failure: 503, or through when
-//! `on_error = "allow"`. Decisions may be cached for `cache_ttl`, keyed by the forwarded
-//! credentials, method and path.
+//! `on_error = "allow"`. Decisions may be cached for `cache_ttl`, keyed by everything the
+//! auth service is told: method, host, path and query, client address and the forwarded
+//! request headers.
 
 use crate::consumers::key_digest;
 use crate::http_client::CLIENT;
@@ -103,16 +104,22 @@ impl ForwardAuth {
         })
     }
 
-    fn cache_key(&self, req: &RequestHeader) -> [u8; 32] {
+    /// Everything the auth service is told (see `ask`): a decision is reused only for the
+    /// same question, never for another host, query or client.
+    fn cache_key(&self, req: &RequestHeader, ctx: &PluginCtx) -> [u8; 32] {
         let mut material = Vec::with_capacity(256);
-        material.extend_from_slice(req.method.as_str().as_bytes());
-        material.push(0);
-        material.extend_from_slice(req.uri.path().as_bytes());
+        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes()).unwrap_or(b"");
+        let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        for part in [req.method.as_str().as_bytes(), host, uri.as_bytes()] {
+            material.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            material.extend_from_slice(part);
+        }
+        crate::ascii::push_ip(&mut material, ctx.client_ip);
         for h in &self.request_headers {
             material.push(0);
             for v in req.headers.get_all(h) {
+                material.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 material.extend_from_slice(v.as_bytes());
-                material.push(1);
             }
         }
         key_digest(&material)
@@ -126,9 +133,10 @@ impl ForwardAuth {
             }
         }
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         call = call
             .header("x-forwarded-method", req.method.as_str())
-            .header("x-forwarded-uri", req.uri.to_string())
+            .header("x-forwarded-uri", uri)
             .header("x-forwarded-host", host)
             .header("x-forwarded-for", ctx.client_ip.to_string())
             .header("x-request-id", ctx.request_id.as_str());
@@ -174,7 +182,7 @@ impl Plugin for ForwardAuth {
         for h in &self.upstream_headers {
             req.remove_header(h);
         }
-        let key = (!self.cache_ttl.is_zero()).then(|| self.cache_key(req));
+        let key = (!self.cache_ttl.is_zero()).then(|| self.cache_key(req, ctx));
         let cached = key.as_ref().and_then(|k| self.cache.get(k).0);
         let decision = match cached {
             Some(d) => d,
@@ -209,7 +217,12 @@ impl Plugin for ForwardAuth {
                 } else {
                     403
                 };
-                Flow::Respond(Answer { status, headers, body })
+                Flow::Respond(Answer {
+                    status,
+                    headers,
+                    body,
+                    error: None,
+                })
             }
         }
     }

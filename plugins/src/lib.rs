@@ -15,7 +15,6 @@ pub mod forward_auth;
 pub mod headers;
 mod http_client;
 pub mod ip_restriction;
-mod jwks;
 pub mod jwt_auth;
 pub mod key_auth;
 pub mod limits;
@@ -24,7 +23,7 @@ mod plugin;
 pub mod respond;
 pub mod secret;
 pub mod store;
-mod util;
+pub mod util;
 
 pub use answer::Answer;
 pub use context::PluginCtx;

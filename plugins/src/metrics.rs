@@ -6,7 +6,8 @@ use prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec
 
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
+/// Registers a plugin metric; a duplicate name is logged, and the metric still counts.
+pub fn register<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
     if let Err(e) = REGISTRY.register(Box::new(c.clone())) {
         log::error!("metric registration failed: {e}");
     }
@@ -14,20 +15,24 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(c: T) -> T {
 }
 
 pub static STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
-    reg(IntCounterVec::new(
-        Opts::new("gatehouse_store_errors_total", "Failed or timed-out calls to a counter store."),
-        &["store", "op"],
+    register(
+        IntCounterVec::new(
+            Opts::new("gatehouse_store_errors_total", "Failed or timed-out calls to a counter store."),
+            &["store", "op"],
+        )
+        .expect("static metric"),
     )
-    .expect("static metric"))
 });
 
 pub static STORE_LATENCY: Lazy<HistogramVec> = Lazy::new(|| {
     let buckets = exponential_buckets(0.0001, 2.0, 14).unwrap_or_default();
-    reg(HistogramVec::new(
-        HistogramOpts::new("gatehouse_store_latency_seconds", "Latency of counter store calls.").buckets(buckets),
-        &["store", "op"],
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("gatehouse_store_latency_seconds", "Latency of counter store calls.").buckets(buckets),
+            &["store", "op"],
+        )
+        .expect("static metric"),
     )
-    .expect("static metric"))
 });
 
 /// Makes sure every metric exists (with no samples) before the first scrape.

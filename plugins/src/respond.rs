@@ -82,6 +82,7 @@ impl Plugin for Respond {
             status: self.status,
             headers: self.headers.clone(),
             body: self.body.clone(),
+            error: None,
         })
     }
 }

@@ -86,6 +86,38 @@ pub struct Server {
     /// plus a name re-parse on every insert, the largest per-request cost in the profile.
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// What `%2F` and `%5C` in a path mean (see `crate::path`).
+    #[serde(default)]
+    pub path_escaped_slash: EscapedSlash,
+    /// Open connections one client address may hold (0: no cap). Trusted proxies are
+    /// exempt: behind a load balancer every client would share its address.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+    /// Which header a trusted proxy names the client in.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
+}
+
+/// `server.path_escaped_slash`: an encoded `/` or `\` in a path is refused (400), kept
+/// encoded as part of one segment, or decoded into a separator.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlash {
+    #[default]
+    Reject,
+    Keep,
+    Decode,
+}
+
+/// `server.client_ip_header`. One header only: believing both lets a client forge the one
+/// its load balancer does not write.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=...`
+    Forwarded,
 }
 
 fn d_consumer_header() -> String {
@@ -158,6 +190,9 @@ impl Default for Server {
             watch_config: false,
             consumer_header: d_consumer_header(),
             preserve_header_case: false,
+            path_escaped_slash: EscapedSlash::Reject,
+            max_connections_per_ip: 0,
+            client_ip_header: ClientIpHeader::XForwardedFor,
         }
     }
 }

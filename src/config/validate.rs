@@ -35,10 +35,10 @@ fn server(f: &File, out: &mut Findings) {
     }
     absolute("server.pid_file", &s.pid_file, out);
     absolute("server.upgrade_sock", &s.upgrade_sock, out);
-    if s.max_headers == 0 || s.max_headers > crate::guard::MAX_HEADERS_CEILING {
+    if s.max_headers == 0 || s.max_headers > crate::listen::MAX_HEADERS_CEILING {
         out.push((
             "server.max_headers".into(),
-            format!("must be between 1 and {}", crate::guard::MAX_HEADERS_CEILING),
+            format!("must be between 1 and {}", crate::listen::MAX_HEADERS_CEILING),
         ));
     }
     for (key, v) in [

@@ -18,9 +18,9 @@ impl fmt::Debug for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
+        gatehouse_plugins::util::parse_duration(&s)
             .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. \"500ms\", \"30s\", \"5m\")")))
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -13,17 +13,15 @@ pub fn error_body(status: u16, message: &str, request_id: &str) -> Bytes {
 }
 
 pub async fn error(session: &mut Session, ctx: &mut Ctx, status: u16, message: &str) {
-    let answer = Answer {
-        status,
-        headers: vec![(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))],
-        body: error_body(status, message, &ctx.plugin.request_id),
-    };
-    write(session, ctx, answer, false).await;
+    write(session, ctx, Answer::error(status, message), false).await;
 }
 
 /// Writes an answer. `run_plugins`: whether the route's response-side plugins see it
 /// (they do for plugin answers, so e.g. CORS and security headers apply to a 401 too).
-pub async fn write(session: &mut Session, ctx: &mut Ctx, answer: Answer, run_plugins: bool) {
+pub async fn write(session: &mut Session, ctx: &mut Ctx, mut answer: Answer, run_plugins: bool) {
+    if let Some(message) = answer.error.take() {
+        answer.body = error_body(answer.status, &message, &ctx.plugin.request_id);
+    }
     ctx.own_status = Some(answer.status);
     let mut resp = match ResponseHeader::build(answer.status, Some(answer.headers.len() + 3)) {
         Ok(r) => r,

@@ -12,6 +12,7 @@ pub mod ctx;
 mod forward;
 pub mod identity;
 mod observe;
+mod target;
 
 use crate::live::Live;
 use async_trait::async_trait;
@@ -42,6 +43,12 @@ impl ProxyHttp for Gateway {
         // bound that idle time on every request.
         session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
         forward::identify(session, ctx, &snap);
+        if let target::Settled::Answer(a, reason) = target::settle(session.req_header_mut(), snap.file.server.path_escaped_slash) {
+            ctx.error = Some(reason);
+            ctx.snapshot = Some(snap);
+            answer::write(session, ctx, a, false).await;
+            return Ok(true);
+        }
 
         let found = {
             let req = session.req_header();

@@ -1,9 +1,10 @@
 //! `concurrency_limit`: at most `max` requests in flight on a route (per key when `key` is
-//! set). Up to `queue` more wait `queue_timeout` for a slot, then get 503. The slot is a
+//! set). Slots are the route's own even when several routes share one plugin instance
+//! (identical sections are built once). Up to `queue` more wait `queue_timeout` for a slot, then get 503. The slot is a
 //! guard in the request context: held until the response body is done, and released on
 //! every path (errors, client aborts) because the context is dropped on every path.
 
-use super::keys::{self, Part};
+use super::keys::{self, Part, Scope};
 use crate::util::{duration, err};
 use crate::{Answer, Flow, Plugin, PluginCtx, PluginError, Priority};
 use async_trait::async_trait;
@@ -42,42 +43,35 @@ pub struct ConcurrencyLimit {
     max: usize,
     queue: usize,
     queue_timeout: Duration,
-    parts: Option<Vec<Part>>,
-    route: Arc<Slots>,
-    keyed: Mutex<HashMap<u64, Arc<Slots>>>,
+    parts: Vec<Part>,
+    /// Per (route, key), sharded so routes do not wait on one lock.
+    keyed: Vec<Mutex<HashMap<u64, Arc<Slots>>>>,
 }
 
-const MAX_KEYS: usize = 100_000;
+const SHARDS: usize = 16;
+const MAX_KEYS_PER_SHARD: usize = 100_000 / SHARDS;
 
 impl ConcurrencyLimit {
     pub fn from_config(c: Config) -> Result<Self, PluginError> {
         if c.max == 0 {
             return Err(err("max", "must be at least 1"));
         }
-        let slots = |max| {
-            Arc::new(Slots {
-                sem: Arc::new(Semaphore::new(max)),
-                waiting: AtomicUsize::new(0),
-            })
-        };
         Ok(ConcurrencyLimit {
             max: c.max,
             queue: c.queue,
             queue_timeout: duration("queue_timeout", &c.queue_timeout)?,
-            parts: c.key.as_deref().map(|k| keys::parse("key", k)).transpose()?,
-            route: slots(c.max),
-            keyed: Mutex::new(HashMap::new()),
+            parts: c.key.as_deref().map(|k| keys::parse("key", k)).transpose()?.unwrap_or_default(),
+            keyed: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         })
     }
 
     fn slots(&self, req: &RequestHeader, ctx: &PluginCtx) -> Arc<Slots> {
-        let Some(parts) = &self.parts else { return self.route.clone() };
-        let k = keys::hash(parts, req, ctx, "concurrency");
-        let mut map = match self.keyed.lock() {
+        let k = keys::hash(&self.parts, req, ctx, Scope::Route);
+        let mut map = match self.keyed[(k as usize) % SHARDS].lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        if map.len() >= MAX_KEYS {
+        if map.len() >= MAX_KEYS_PER_SHARD {
             let max = self.max;
             map.retain(|_, s| s.sem.available_permits() < max || s.waiting.load(Ordering::Relaxed) > 0);
         }

@@ -44,10 +44,26 @@ impl Hasher for Fnv {
     }
 }
 
-/// A 64-bit key for this request, built without allocating.
-pub fn hash(parts: &[Part], req: &RequestHeader, ctx: &PluginCtx, scope: &str) -> u64 {
+/// Where a limit's counters are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A route's own limit: its counters are the route's, whatever the key.
+    Route,
+    /// A plan's limit: one set of counters per key across every route.
+    Plan,
+}
+
+/// A 64-bit key for this request, built without allocating. The same in every process
+/// (Redis keys must agree across a fleet).
+pub fn hash(parts: &[Part], req: &RequestHeader, ctx: &PluginCtx, scope: Scope) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    h.write(scope.as_bytes());
+    match scope {
+        Scope::Route => {
+            h.write(b"route:");
+            h.write(ctx.route.as_bytes());
+        }
+        Scope::Plan => h.write(b"plan"),
+    }
     for p in parts {
         h.write(&[0xff]);
         match p {

@@ -41,11 +41,27 @@ pub struct Rate {
     pub burst: u64,
 }
 
+/// Requests (with burst) per window are counted in 32 bits wherever a limit is enforced.
+pub const MAX_REQUESTS: u64 = u32::MAX as u64;
+
+/// Quota counts travel through Redis as Lua numbers (doubles): exact up to 2^53.
+pub const MAX_QUOTA: u64 = 1 << 53;
+
 impl Rate {
     pub fn from_spec(key: &str, s: &RateSpec) -> Result<Rate, PluginError> {
         let per = duration(&format!("{key}.per"), &s.per)?;
+        let sub = |k: &str| if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
         if s.requests == 0 || per.is_zero() {
             return Err(crate::util::err(key, "requests and per must be greater than zero"));
+        }
+        if s.requests > MAX_REQUESTS {
+            return Err(crate::util::err(&sub("requests"), format!("must be at most {MAX_REQUESTS}")));
+        }
+        if s.burst > MAX_REQUESTS || s.requests + s.burst > MAX_REQUESTS {
+            return Err(crate::util::err(
+                &sub("burst"),
+                format!("requests + burst must be at most {MAX_REQUESTS}"),
+            ));
         }
         Ok(Rate {
             requests: s.requests,
@@ -55,12 +71,13 @@ impl Rate {
     }
 
     /// GCRA parameters: one request every `interval`; a full bucket holds
-    /// `requests + burst`, so `tau` lets that many through back to back.
+    /// `requests + burst`, so `tau` lets that many through back to back. In 128-bit
+    /// nanoseconds, so no value the config accepts can overflow.
     pub fn gcra(&self) -> (Duration, Duration) {
-        let interval = self.per / self.requests.max(1) as u32;
-        let interval = if interval.is_zero() { Duration::from_nanos(1) } else { interval };
-        let tau = interval * (self.requests + self.burst).saturating_sub(1) as u32;
-        (interval, tau)
+        let interval = (self.per.as_nanos() / u128::from(self.requests.max(1))).max(1);
+        let tau = interval * u128::from((self.requests + self.burst).saturating_sub(1));
+        let ns = |v: u128| Duration::from_nanos(u64::try_from(v).unwrap_or(u64::MAX));
+        (ns(interval), ns(tau))
     }
 }
 
@@ -91,8 +108,10 @@ impl Plans {
             Some(r) => Some(Limit::new(Rate::from_spec("rate_limit", r)?)),
             None => None,
         };
-        if p.quota.as_ref().is_some_and(|q| q.requests == 0) {
-            return Err(crate::util::err("quota.requests", "must be greater than zero"));
+        if let Some(q) = &p.quota {
+            if q.requests == 0 || q.requests > MAX_QUOTA {
+                return Err(crate::util::err("quota.requests", format!("must be between 1 and {MAX_QUOTA}")));
+            }
         }
         self.plans.insert(name.to_string(), (rate, p.quota.clone()));
         Ok(())

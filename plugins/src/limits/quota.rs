@@ -68,8 +68,8 @@ pub struct Quota {
 impl Quota {
     pub fn from_config(c: Config) -> Result<Self, PluginError> {
         let own = match (c.requests, c.per) {
-            (Some(requests), Some(per)) if requests > 0 => Some(QuotaSpec { requests, per }),
-            (Some(_), Some(_)) => return Err(err("requests", "must be greater than zero")),
+            (Some(requests), Some(per)) if requests > 0 && requests <= super::plans::MAX_QUOTA => Some(QuotaSpec { requests, per }),
+            (Some(_), Some(_)) => return Err(err("requests", format!("must be between 1 and {}", super::plans::MAX_QUOTA))),
             (None, None) => None,
             _ => return Err(err("", "set both `requests` and `per`, or neither (to use the consumer's plan)")),
         };

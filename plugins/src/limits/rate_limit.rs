@@ -3,7 +3,7 @@
 //! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 
 use super::gcra::{Decision, Gcra};
-use super::keys::{self, Part};
+use super::keys::{self, Part, Scope};
 use super::plans::{Limit, Rate, RateSpec};
 use crate::store;
 use crate::util::err;
@@ -77,10 +77,10 @@ impl RateLimit {
     }
 
     /// The rate that applies, its policy header (if headers are on) and the key scope.
-    fn rate_for(&self, ctx: &PluginCtx) -> Option<(Rate, Option<HeaderValue>, &'static str)> {
+    fn rate_for(&self, ctx: &PluginCtx) -> Option<(Rate, Option<HeaderValue>, Scope)> {
         let (limit, scope) = match &self.limit {
-            Some(l) => (l, "route"),
-            None => (ctx.plans.rate(ctx.consumer.as_ref()?.plan.as_deref()?)?, "plan"),
+            Some(l) => (l, Scope::Route),
+            None => (ctx.plans.rate(ctx.consumer.as_ref()?.plan.as_deref()?)?, Scope::Plan),
         };
         Some((limit.rate, self.headers.then(|| limit.policy.clone()), scope))
     }
@@ -158,7 +158,8 @@ impl Plugin for RateLimit {
         let Some(redis) = stores.redis.as_ref() else {
             return self.finish(policy, LOCAL.check(key, interval, tau), ctx);
         };
-        let rkey = format!("gh:rl:{}:{key:016x}", ctx.route);
+        // The key hash already holds the scope (and the route for a route's own limit).
+        let rkey = format!("gh:rl:{key:016x}");
         match redis.gcra(&rkey, interval, tau).await {
             Ok((allowed, retry, full)) => {
                 let d = Decision::from_tat(allowed, retry, full, interval, tau);

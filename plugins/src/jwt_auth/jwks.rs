@@ -1,34 +1,47 @@
-//! Keys for `jwt_auth`: static keys from the config and keys fetched from a JWKS URL.
+//! Keys fetched from a JWKS URL.
 //!
 //! The JWKS is fetched on first use, refreshed in the background every `refresh`, and
 //! fetched again when a token names an unknown `kid`, at most once per `min_refetch`, so a
 //! stream of tokens with made-up kids costs one fetch per cooldown, not one per request.
-//! When the endpoint fails, the keys already held stay in use.
+//! A fetch that fails, or brings a set the key rules refuse (see `keys`), changes nothing:
+//! the keys already held stay in use, and the refusal is logged and counted
+//! (`gatehouse_jwks_refused_total`).
 
+use super::keys::{self, Key};
 use crate::http_client::CLIENT;
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::Algorithm;
+use once_cell::sync::Lazy;
+use prometheus::IntCounterVec;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Clone)]
-pub struct Key {
-    pub kid: Option<String>,
-    /// Each key verifies exactly one algorithm: a token's `alg` must equal it, which is
-    /// what stops HS256-signed-with-the-RSA-public-key confusion.
-    pub alg: Algorithm,
-    pub key: DecodingKey,
-}
+/// A key set larger than this is not a key set: the body is not read past it.
+pub const MAX_BODY: usize = 1 << 20;
+
+static REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    crate::metrics::register(
+        IntCounterVec::new(
+            prometheus::Opts::new(
+                "gatehouse_jwks_refused_total",
+                "JWKS fetches refused (unreachable, not a key set, too large, or against the key rules); the previous keys stay in use.",
+            ),
+            &["url"],
+        )
+        .expect("static metric"),
+    )
+});
 
 pub struct Jwks {
     url: String,
     refresh: Duration,
     min_refetch: Duration,
     timeout: Duration,
-    /// Algorithms allowed for keys whose JWK names none.
+    /// The route's `algorithms`: keys are made only for these.
     allowed: Vec<Algorithm>,
+    allow_weak_rsa: bool,
     keys: ArcSwap<Vec<Key>>,
     epoch: Instant,
     /// Milliseconds since `epoch` of the last fetch attempt and success (0: never).
@@ -39,48 +52,54 @@ pub struct Jwks {
     pub fetches: AtomicU64,
 }
 
-fn family_algs(params: &AlgorithmParameters, allowed: &[Algorithm]) -> Vec<Algorithm> {
-    use Algorithm::*;
-    let fam: &[Algorithm] = match params {
-        AlgorithmParameters::RSA(_) => &[RS256, RS384, RS512, PS256, PS384, PS512],
-        AlgorithmParameters::EllipticCurve(_) => &[ES256, ES384],
-        AlgorithmParameters::OctetKey(_) => &[HS256, HS384, HS512],
-        AlgorithmParameters::OctetKeyPair(_) => &[EdDSA],
-    };
-    fam.iter().copied().filter(|a| allowed.contains(a)).collect()
-}
-
-/// Converts a JWK set; keys that cannot be used are skipped with a log line.
-pub fn keys_from_set(set: &JwkSet, allowed: &[Algorithm]) -> Vec<Key> {
-    let mut out = Vec::new();
-    for jwk in &set.keys {
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            log::warn!("jwks: skipping a key that cannot be used (kid {:?})", jwk.common.key_id);
-            continue;
-        };
-        let algs = match jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok()) {
-            Some(a) => vec![a],
-            None => family_algs(&jwk.algorithm, allowed),
-        };
-        for alg in algs {
-            out.push(Key {
-                kid: jwk.common.key_id.clone(),
-                alg,
-                key: key.clone(),
-            });
+/// The usable keys of a JWK set's JSON, or why the whole set is refused. Entries that are
+/// not for signing (`use: enc`, an encryption `alg`, an unsupported curve) are skipped with
+/// a log line; a weak key, or an entry that cannot be parsed at all, refuses the set (the
+/// set rules, kids and key kinds, could not be checked without it).
+pub fn keys_from_json(body: &[u8], allowed: &[Algorithm], allow_weak_rsa: bool) -> Result<Vec<Key>, String> {
+    #[derive(serde::Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+    let mut entries: Vec<(Option<String>, Vec<Key>)> = Vec::with_capacity(set.keys.len());
+    for (i, v) in set.keys.into_iter().enumerate() {
+        let jwk: Jwk = serde_json::from_value(v).map_err(|e| format!("keys[{i}] is not a JWK: {e}"))?;
+        let kid = jwk.common.key_id.clone();
+        match keys::from_jwk(&jwk, None, allowed, allow_weak_rsa) {
+            Ok(k) => entries.push((kid, k)),
+            Err(keys::Unfit::Weak(e)) => return Err(format!("keys[{i}]: {e}")),
+            Err(e) => {
+                log::warn!("jwks: skipping keys[{i}] (kid {kid:?}): {e}");
+                entries.push((kid, Vec::new()));
+            }
         }
     }
-    out
+    keys::check_set(entries.iter().map(|(kid, k)| (kid.as_deref(), k.as_slice())))?;
+    let keys: Vec<Key> = entries.into_iter().flat_map(|(_, k)| k).collect();
+    if keys.is_empty() {
+        return Err("no usable signature key in the set".into());
+    }
+    Ok(keys)
 }
 
 impl Jwks {
-    pub fn new(url: String, refresh: Duration, min_refetch: Duration, timeout: Duration, allowed: Vec<Algorithm>) -> Self {
+    pub fn new(
+        url: String,
+        refresh: Duration,
+        min_refetch: Duration,
+        timeout: Duration,
+        allowed: Vec<Algorithm>,
+        allow_weak_rsa: bool,
+    ) -> Self {
+        Lazy::force(&REFUSED);
         Jwks {
             url,
             refresh,
             min_refetch,
             timeout,
             allowed,
+            allow_weak_rsa,
             keys: ArcSwap::from_pointee(Vec::new()),
             epoch: Instant::now(),
             last_attempt: AtomicU64::new(0),
@@ -146,18 +165,15 @@ impl Jwks {
                 true
             }
             Err(e) => {
-                log::warn!(
-                    "jwks: fetching {} failed, keeping {} cached keys: {e}",
-                    self.url,
-                    self.keys.load().len()
-                );
+                REFUSED.with_label_values(&[&self.url]).inc();
+                log::warn!("jwks: refused {}, keeping {} keys: {e}", self.url, self.keys.load().len());
                 false
             }
         }
     }
 
     async fn fetch(&self) -> Result<Vec<Key>, String> {
-        let resp = CLIENT
+        let mut resp = CLIENT
             .get(&self.url)
             .timeout(self.timeout)
             .send()
@@ -166,8 +182,16 @@ impl Jwks {
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
-        Ok(keys_from_set(&set, &self.allowed))
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(format!("body larger than {MAX_BODY} bytes"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(format!("body larger than {MAX_BODY} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        keys_from_json(&body, &self.allowed, self.allow_weak_rsa)
     }
 }

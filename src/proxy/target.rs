@@ -1,0 +1,53 @@
+//! What the request is for, settled before routing: the request target's form (the header
+//! guard already refused targets RFC 9112 does not allow) and the normalised path, written
+//! back so every later phase, and the upstream, sees the same path.
+
+use crate::config::EscapedSlash;
+use gatehouse_plugins::Answer;
+use pingora_http::RequestHeader;
+
+/// What request_filter does next.
+pub enum Settled {
+    /// Route it.
+    Route,
+    /// Answer here, with this reason for the logs.
+    Answer(Answer, &'static str),
+}
+
+/// Settles the target of `req`, rewriting its URI to the normalised origin form when that
+/// differs from what the client sent (absolute-form, or a path that normalises).
+pub fn settle(req: &mut RequestHeader, slash: EscapedSlash) -> Settled {
+    if req.method == http::Method::CONNECT {
+        return Settled::Answer(
+            Answer::error(405, "CONNECT is not supported: the gateway does not open tunnels"),
+            "method_not_allowed",
+        );
+    }
+    if req.uri.path() == "*" && req.uri.authority().is_none() {
+        // The guard admits `*` only with OPTIONS: a question about the server itself.
+        let a = Answer::empty(204).with_header(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Settled::Answer(a, "options_asterisk");
+    }
+    let normal = match crate::path::normalize(req.uri.path(), slash) {
+        Ok(n) => n,
+        Err(e) => return Settled::Answer(Answer::error(400, e.message()), "bad_path"),
+    };
+    if normal.is_none() && req.uri.authority().is_none() {
+        return Settled::Route;
+    }
+    let path = normal.as_deref().unwrap_or(req.uri.path());
+    let target = match req.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    match target.parse::<http::Uri>() {
+        Ok(uri) => {
+            req.set_uri(uri);
+            Settled::Route
+        }
+        Err(_) => Settled::Answer(Answer::error(400, "invalid request target"), "bad_path"),
+    }
+}
