@@ -25,6 +25,7 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    pub panics: IntCounter,
     pub cache_requests: IntCounterVec,
     pub cache_bytes: IntGauge,
     pub cache_objects: IntGauge,
@@ -143,6 +144,14 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             )
             .expect("static counter definition"),
         ),
+        panics: reg(
+            &r,
+            IntCounter::new(
+                "gatehouse_panics_total",
+                "Panics caught in a connection task or a plugin (the connection or request failed, the process went on).",
+            )
+            .expect("static counter definition"),
+        ),
         cache_requests: reg(
             &r,
             c(
@@ -192,6 +201,24 @@ pub struct RequestCounters {
 }
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// The `method` label: a standard method, or `other`. A client chooses the method, and
+/// must not be able to create series.
+pub fn method_label(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        M::TRACE => "TRACE",
+        M::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
 const STATUSES: [u16; 24] = [
     200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 413, 414, 429, 431, 500, 502, 503, 504,
 ];
@@ -206,8 +233,9 @@ impl RequestCounters {
         }
     }
 
-    /// `status_text` is the status as the label shows it (`"200"`, or `"0"` when none).
-    pub fn inc(&self, method: &str, status: u16, status_text: &str) {
+    /// `method` is a [`method_label`]; `status_text` is the status as the label shows it
+    /// (`"200"`, or `"0"` when none).
+    pub fn inc(&self, method: &'static str, status: u16, status_text: &str) {
         let slot = METHODS
             .iter()
             .position(|m| *m == method)

@@ -73,26 +73,40 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
     opts.keepalive_request_limit = Some(file.server.keepalive_requests);
     proxy.server_options = Some(opts);
     let s = &file.server;
+    let limits = Limits {
+        header_timeout: s.header_timeout.0,
+        keepalive_timeout: s.keepalive_timeout.0,
+        max_header_size: s.max_header_size.0 as usize,
+        max_headers: s.max_headers,
+        max_uri: s.max_uri.0 as usize,
+    };
     let guard = HeaderGuard {
         inner: Arc::new(proxy),
-        limits: Limits {
-            header_timeout: s.header_timeout.0,
-            keepalive_timeout: s.keepalive_timeout.0,
-            max_header_size: s.max_header_size.0 as usize,
-            max_headers: s.max_headers,
-            max_uri: s.max_uri.0 as usize,
-        },
+        limits: limits.clone(),
         live: live.clone(),
     };
-    let mut svc = Service::new("gatehouse proxy".to_string(), Connections::new(guard, s.max_connections));
+    let mut svc = Service::new(
+        "gatehouse proxy".to_string(),
+        Connections::new(guard, s.max_connections, s.max_connections_per_ip, live.clone()),
+    );
     let buffers = L4BufferSettings::default().read(s.read_buffer.0 as usize);
     for l in file.listeners.values() {
         svc.add_listener(ListenerConfig::tcp(l.addr.clone()).l4_buffer(buffers));
     }
     server.add_service(svc);
 
+    // The admin listener gets the same header deadline, limits and connection cap: it is
+    // often reachable from more places than it should be.
     if let Some(admin) = &file.admin {
-        let mut svc = Service::new("gatehouse admin".to_string(), Admin { live: live.clone() });
+        let guard = HeaderGuard {
+            inner: Arc::new(Admin { live: live.clone() }),
+            limits,
+            live: live.clone(),
+        };
+        let mut svc = Service::new(
+            "gatehouse admin".to_string(),
+            Connections::new(guard, s.max_connections, 0, live.clone()),
+        );
         svc.add_tcp(&admin.addr);
         server.add_service(svc);
     }

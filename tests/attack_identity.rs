@@ -20,7 +20,7 @@ trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]
 addr = "{{listen}}"
 [admin]
 addr = "{{admin}}"
-token = "t"
+token = "test-admin-token"
 [log]
 access = "{{dir}}/access.log"
 level = "warn"

@@ -26,7 +26,7 @@ upgrade_sock = "{{dir}}/upgrade.sock"
 addr = "{{listen}}"
 [admin]
 addr = "{{admin}}"
-token = "t"
+token = "test-admin-token"
 [log]
 access = "{{dir}}/access.log"
 level = "warn"

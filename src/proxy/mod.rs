@@ -119,7 +119,13 @@ impl ProxyHttp for Gateway {
 
     /// Counts body bytes as they stream, so a chunked body that grows past the limit is
     /// cut off with 413 mid-stream rather than forwarded whole.
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<bytes::Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+    ///
+    /// After a 101 the bytes are the upgraded protocol's (WebSocket frames), not a body:
+    /// no body limit applies to them.
+    async fn request_body_filter(&self, session: &mut Session, body: &mut Option<bytes::Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+        if session.was_upgraded() {
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.max_body {
@@ -216,8 +222,12 @@ impl ProxyHttp for Gateway {
             e.retry.decide_reuse(client_reused);
             ctx.upstream.reuse_retry = e.retry();
         }
-        if let Some(f) = ctx.upstream.in_flight.take() {
-            f.report(false);
+        // Only what the target caused counts against it: a client that hangs up mid-body,
+        // or a body the gateway refused, says nothing about the target.
+        if observe::target_caused(&e) {
+            if let Some(f) = ctx.upstream.in_flight.take() {
+                f.report(false);
+            }
         }
         e
     }
@@ -305,6 +315,9 @@ impl ProxyHttp for Gateway {
 /// Maps a proxy failure to the status the client gets.
 fn classify(e: &Error) -> (u16, &'static str) {
     use ErrorType::*;
+    if crate::listen::is_framing_error(e.root_cause()) {
+        return (400, "malformed request body");
+    }
     match (e.etype(), e.esource()) {
         (HTTPStatus(503), _) => (503, "no healthy upstream target"),
         (HTTPStatus(413), _) => (413, "request body is too large"),

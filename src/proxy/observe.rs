@@ -23,7 +23,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     let req = session.req_header();
     let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
     if metrics_on {
-        record_metrics(req.method.as_str(), status, elapsed, bytes_in, bytes_out, ctx);
+        record_metrics(crate::metrics::method_label(&req.method), status, elapsed, bytes_in, bytes_out, ctx);
     }
     if let Some(route) = ctx.route.as_ref() {
         for p in route.plugins.iter() {
@@ -55,14 +55,28 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
             });
         }
     }
-    // Tells the circuit breaker how the target did, and releases its in-flight slot.
+    // Tells the circuit breaker how the target did, and releases its in-flight slot. An
+    // error of the client's or the gateway's own says nothing about the target.
     if let Some(f) = ctx.upstream.in_flight.take() {
-        let upstream_failed = e.is_some_and(|e| matches!(e.esource(), pingora_error::ErrorSource::Upstream));
-        f.report(!upstream_failed && ctx.upstream.status.is_none_or(|s| s < 500));
+        let outcome = match e {
+            Some(e) if target_caused(e) => Some(false),
+            Some(_) => None,
+            None => ctx.upstream.status.map(|s| s < 500),
+        };
+        if let Some(ok) = outcome {
+            f.report(ok);
+        }
     }
 }
 
-fn record_metrics(method: &str, status: u16, elapsed: std::time::Duration, bytes_in: usize, bytes_out: usize, ctx: &Ctx) {
+/// Errors the target caused: it refused or timed out a connection, reset or timed out the
+/// exchange, or answered with something unreadable. Not: the client going away, a body
+/// the gateway refused (413, malformed framing), the gateway's own errors.
+pub fn target_caused(e: &pingora_error::Error) -> bool {
+    matches!(e.esource(), pingora_error::ErrorSource::Upstream) && !crate::listen::is_framing_error(e.root_cause())
+}
+
+fn record_metrics(method: &'static str, status: u16, elapsed: std::time::Duration, bytes_in: usize, bytes_out: usize, ctx: &Ctx) {
     // StatusCode::as_str is a static table: no formatting per request.
     let status_code = http::StatusCode::from_u16(status).ok();
     let status_text = status_code.as_ref().map_or("0", |s| s.as_str());

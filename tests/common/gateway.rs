@@ -29,6 +29,9 @@ pub fn test_dir() -> PathBuf {
     dir
 }
 
+/// The admin token of the usual config: state-changing admin calls always need one.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The usual `[server]`, listener, admin and log sections; tests append routes and
 /// upstreams.
 pub const HEADER: &str = r#"
@@ -44,6 +47,7 @@ addr = "{listen}"
 
 [admin]
 addr = "{admin}"
+token = "test-admin-token"
 
 [log]
 access = "{dir}/access.log"
@@ -149,12 +153,33 @@ impl Gateway {
         super::get(&self.addr, path)
     }
 
+    /// GET on the admin API with the usual token (ignored when the config has none).
     pub fn admin_get(&self, path: &str) -> Response {
-        super::get(&self.admin, path)
+        super::request(
+            &self.admin,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            None,
+        )
+    }
+
+    /// A state-changing admin call, as the admin API requires it: the token and JSON.
+    pub fn admin_post(&self, path: &str, body: &str) -> Response {
+        super::request(
+            &self.admin,
+            "POST",
+            path,
+            &[
+                ("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("Content-Type", "application/json"),
+            ],
+            Some(body),
+        )
     }
 
     pub fn reload(&self) -> Response {
-        super::request(&self.admin, "POST", "/reload", &[], None)
+        self.admin_post("/reload", "{}")
     }
 
     /// Current value of one metric series, e.g. `gatehouse_requests_total{method="GET",route="a",status="200"}`
