@@ -3,6 +3,7 @@
 
 use super::ctx::Ctx;
 use super::identity;
+use crate::config::ClientIpHeader;
 use crate::snapshot::Snapshot;
 use crate::upstream::{Cluster, HashKey};
 use http::header;
@@ -11,8 +12,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::net::IpAddr;
 
-/// Sets the request id and the client address. X-Forwarded-For is believed only from a
-/// peer in `trusted_proxies`; from anyone else it is ignored (and replaced upstream).
+/// Sets the request id and the client address. X-Forwarded-For (or Forwarded, as
+/// `server.client_ip_header` says) is believed only from a peer in `trusted_proxies`; from
+/// anyone else it is ignored (and replaced upstream).
 pub fn identify(session: &Session, ctx: &mut Ctx, snap: &Snapshot) {
     let req = session.req_header();
     let (id, header) = match req.headers.get("x-request-id") {
@@ -36,10 +38,7 @@ pub fn identify(session: &Session, ctx: &mut Ctx, snap: &Snapshot) {
     ctx.peer_ip = peer;
     ctx.peer_trusted = !snap.trusted_proxies.is_empty() && snap.is_trusted(peer);
     ctx.plugin.client_ip = if ctx.peer_trusted {
-        req.headers
-            .get("x-forwarded-for")
-            .and_then(|x| identity::client_from_xff(x.as_bytes(), |ip| snap.is_trusted(ip)))
-            .unwrap_or(peer)
+        identity::client_ip(&req.headers, snap.file.server.client_ip_header, |ip| snap.is_trusted(ip)).unwrap_or(peer)
     } else {
         peer
     };
@@ -187,15 +186,24 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
         if let Some(host) = target_host {
             h.set(&header::HOST, host)?;
         }
-        // X-Forwarded-*: extended when the peer is a trusted proxy, replaced otherwise, so a
-        // client cannot make the upstream believe a forged chain.
-        let prev = if ctx.peer_trusted {
-            h.map().get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
-        } else {
-            None
-        };
-        let xff = forwarded_for(prev, ctx.peer_ip)?;
+        // X-Forwarded-*: extended when the peer is a trusted proxy (every line, in order),
+        // replaced otherwise, so a client cannot make the upstream believe a forged chain.
+        let xff = chain_then(h.map(), &X_FORWARDED_FOR, ctx.peer_trusted, |out| {
+            gatehouse_plugins::ascii::push_ip(out, ctx.peer_ip)
+        })?;
         h.set(&X_FORWARDED_FOR, xff)?;
+        let forwarded_mode = ctx
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.file.server.client_ip_header == ClientIpHeader::Forwarded);
+        if forwarded_mode {
+            let fwd = chain_then(h.map(), &header::FORWARDED, ctx.peer_trusted, |out| {
+                push_forwarded(out, ctx.peer_ip)
+            })?;
+            h.set(&header::FORWARDED, fwd)?;
+        } else if !ctx.peer_trusted && h.map().contains_key(header::FORWARDED) {
+            h.remove(&header::FORWARDED);
+        }
         if !(ctx.peer_trusted && h.map().contains_key(&X_FORWARDED_PROTO)) {
             h.set(&X_FORWARDED_PROTO, http::HeaderValue::from_static("http"))?;
         }
@@ -229,16 +237,34 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
     // default HttpUpstreamRequestPolicy.
 }
 
-/// The X-Forwarded-For value: the peer's address, after the trusted chain if there is one.
-fn forwarded_for(prev: Option<&str>, peer: IpAddr) -> Result<http::HeaderValue> {
-    let mut out = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
-    if let Some(p) = prev {
-        out.extend_from_slice(p.as_bytes());
-        out.extend_from_slice(b", ");
+/// A forwarding chain's value: every line the trusted peer sent (joined in order), then
+/// this hop (`push`). From an untrusted peer, this hop alone.
+fn chain_then(map: &http::HeaderMap, name: &http::HeaderName, trusted: bool, push: impl FnOnce(&mut Vec<u8>)) -> Result<http::HeaderValue> {
+    let mut out = Vec::with_capacity(48);
+    if trusted {
+        for line in map.get_all(name) {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b", ");
+        }
     }
-    gatehouse_plugins::ascii::push_ip(&mut out, peer);
+    push(&mut out);
     http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
-        .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))
+        .map_err(|e| Error::because(ErrorType::InternalError, "forwarding chain", e))
+}
+
+/// `for=192.0.2.1`, or `for="[2001:db8::1]"` (RFC 7239 quotes IPv6).
+fn push_forwarded(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(_) => {
+            out.extend_from_slice(b"for=");
+            gatehouse_plugins::ascii::push_ip(out, ip);
+        }
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"for=\"[");
+            gatehouse_plugins::ascii::push_ip(out, ip);
+            out.extend_from_slice(b"]\"");
+        }
+    }
 }
 
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
