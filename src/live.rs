@@ -103,7 +103,7 @@ impl Live {
         let text = std::fs::read_to_string(&self.path).map_err(|e| vec![format!("{name}: cannot read file: {e}")])?;
         let file = config::parse_str(&name, &text).map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
         let current = self.current.load_full();
-        let changed = current.hash != crate::snapshot::text_hash(&text);
+        let changed = current.material != crate::snapshot::material_digest(&file, &text);
         let needs_upgrade = needs_upgrade(&self.boot, &file);
         if changed {
             let snap =

@@ -40,6 +40,18 @@ enum Command {
     HashPassword,
 }
 
+/// An admin API without a token can change nothing (reload, purge, usage reset refuse),
+/// and lets anyone who reaches it read metrics and status.
+fn admin_warning(file: &config::File) -> Option<String> {
+    let admin = file.admin.as_ref()?;
+    admin.token.is_none().then(|| {
+        format!(
+            "admin.token is not set: the admin API at {} answers reads to anyone who reaches it and refuses every state-changing call",
+            admin.addr
+        )
+    })
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     if let Some(Command::HashPassword) = cli.command {
@@ -100,7 +112,7 @@ fn main() -> ExitCode {
         if file.cache.is_some() || file.routes.values().any(|r| r.plugins.contains_key(gatehouse::cache::PLUGIN)) {
             gatehouse::cache::init(&file.cache.clone().unwrap_or_default());
         }
-        if let Err(e) = gatehouse::state::open_stores(&file) {
+        if let Err(e) = gatehouse::state::declare_stores(&file) {
             eprintln!("{name}: store: {e}");
             return ExitCode::from(1);
         }
@@ -112,6 +124,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(w) = admin_warning(live.boot()) {
+        if cli.test {
+            eprintln!("{name}: warning: {w}");
+        } else {
+            log::warn!("{w}");
+        }
+    }
     if cli.test {
         println!("{name}: ok");
         return ExitCode::SUCCESS;

@@ -2,9 +2,6 @@
 //! mode alike. (Pingora's own `user`/`group` apply only with `-d`, and before binding, so a
 //! port below 1024 would fail.)
 
-use async_trait::async_trait;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use std::ffi::CString;
 use std::time::Duration;
 
@@ -60,9 +57,11 @@ fn drop_to(uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
     Ok(())
 }
 
-#[async_trait]
-impl BackgroundService for DropPrivileges {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+impl DropPrivileges {
+    /// Waits until every listener accepts, hands `own` (directories the process writes,
+    /// created if missing, with the files in them) to the run user, then drops to it. A
+    /// failure exits: staying root is not an option.
+    pub async fn run(&self, own: &[String]) {
         let (uid, gid) = match lookup(self.user.as_deref(), self.group.as_deref()) {
             Ok(ids) => ids,
             Err(e) => {
@@ -70,17 +69,36 @@ impl BackgroundService for DropPrivileges {
                 std::process::exit(1);
             }
         };
+        // A readiness check, not a delay: each turn tries to connect.
         for _ in 0..1000 {
             if self.addrs.iter().all(|a| std::net::TcpStream::connect(a).is_ok()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Failing open (staying root) is not an option.
+        for dir in own {
+            if let Err(e) = hand_over(std::path::Path::new(dir), uid, gid) {
+                log::error!("cannot give {dir} to the run user: {e}; exiting");
+                std::process::exit(1);
+            }
+        }
         if let Err(e) = drop_to(uid, gid) {
             log::error!("cannot drop privileges: {e}; exiting");
             std::process::exit(1);
         }
         log::info!("running as uid {:?} gid {:?}", uid, gid);
     }
+}
+
+/// Creates `dir` if needed and makes it, and the files directly in it, the run user's.
+fn hand_over(dir: &std::path::Path, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("create: {e}"))?;
+    let mut paths = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("read: {e}"))?.flatten() {
+        paths.push(entry.path());
+    }
+    for p in paths {
+        std::os::unix::fs::chown(&p, uid, gid).map_err(|e| format!("chown {}: {e}", p.display()))?;
+    }
+    Ok(())
 }

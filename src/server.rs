@@ -12,7 +12,7 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch, UnixShutdownSignalWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -112,20 +112,40 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
     }
     server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));
-    server.add_service(background_service("quota flusher", crate::state::Flusher));
-    if file.server.user.is_some() || file.server.group.is_some() {
+    let privileges = (file.server.user.is_some() || file.server.group.is_some()).then(|| {
         let mut addrs: Vec<String> = file.listeners.values().map(|l| l.addr.clone()).collect();
         addrs.extend(file.admin.as_ref().map(|a| a.addr.clone()));
-        server.add_service(background_service(
-            "drop privileges",
-            crate::privileges::DropPrivileges {
-                user: file.server.user.clone(),
-                group: file.server.group.clone(),
-                addrs,
-            },
-        ));
+        crate::privileges::DropPrivileges {
+            user: file.server.user.clone(),
+            group: file.server.group.clone(),
+            addrs,
+        }
+    });
+    server.add_service(background_service("stores", crate::state::StoreWorker { privileges }));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    // Every runtime has stopped (after the grace period, or at once on SIGINT): what is
+    // still in memory goes to disk before the process ends.
+    crate::state::final_flush();
+    crate::access_log::close_all();
+    std::process::exit(0)
+}
+
+/// Pingora's signals (SIGQUIT upgrade, SIGTERM graceful stop, SIGINT fast stop), with the
+/// quota counters flushed before an upgrade hands the sockets over: the new process then
+/// starts from what this one counted.
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = UnixShutdownSignalWatch.recv().await;
+        if matches!(signal, ShutdownSignal::GracefulUpgrade) {
+            let _ = tokio::task::spawn_blocking(crate::state::final_flush).await;
+        }
+        signal
     }
-    server.run_forever()
 }
 
 /// SIGHUP, and with `watch_config` a change of the file's modification time, reload the

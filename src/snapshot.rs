@@ -57,6 +57,9 @@ pub struct Snapshot {
     pub consumers: Arc<Consumers>,
     pub plans: Arc<Plans>,
     pub consumer_header: http::HeaderName,
+    /// [`material_digest`] of what this snapshot was built from; never shown (it covers
+    /// secrets).
+    pub material: [u8; 32],
     plugin_instances: HashMap<PluginKey, Arc<dyn Plugin>>,
 }
 
@@ -67,6 +70,56 @@ pub fn credentials(c: &config::ConsumerCfg) -> Credentials {
         basic_auth: c.basic_auth.as_ref().map(|b| (b.username.clone(), b.password_hash.clone())),
         jwt_subject: c.jwt_subject.clone(),
     }
+}
+
+/// SHA-256 over everything the `env:` and `file:` references in a plugin table resolve to
+/// (unresolvable ones hash their error, so a file that appears or vanishes also counts).
+pub fn referenced_material(value: &toml::Value) -> [u8; 32] {
+    fn walk(v: &toml::Value, out: &mut Vec<u8>) {
+        match v {
+            toml::Value::String(s) if s.starts_with("env:") || s.starts_with("file:") => {
+                out.extend_from_slice(s.as_bytes());
+                out.push(0);
+                match gatehouse_plugins::secret::resolve(s) {
+                    Ok(v) => out.extend_from_slice(v.as_bytes()),
+                    Err(e) => out.extend_from_slice(e.as_bytes()),
+                }
+                out.push(0);
+            }
+            toml::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            toml::Value::Table(t) => t.values().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut material = Vec::new();
+    walk(value, &mut material);
+    gatehouse_plugins::consumers::key_digest(&material)
+}
+
+/// Everything a reload must notice: the file's text, and what its secrets and referenced
+/// files hold (a revoked key or a rotated PEM changes no byte of the file).
+pub fn material_digest(file: &config::File, text: &str) -> [u8; 32] {
+    let mut m = Vec::with_capacity(text.len() + 256);
+    m.extend_from_slice(text.as_bytes());
+    for c in file.consumers.values() {
+        for k in &c.keys {
+            m.push(0);
+            m.extend_from_slice(k.value.as_bytes());
+        }
+    }
+    if let Some(t) = file.admin.as_ref().and_then(|a| a.token.as_ref()) {
+        m.push(1);
+        m.extend_from_slice(t.value.as_bytes());
+    }
+    let tables = file.plugins.values().chain(file.routes.values().flat_map(|r| r.plugins.values()));
+    for v in tables {
+        m.extend_from_slice(&referenced_material(v));
+    }
+    gatehouse_plugins::consumers::key_digest(&m)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub fn text_hash(text: &str) -> String {
@@ -89,17 +142,22 @@ impl Snapshot {
 
         let mut clusters = BTreeMap::new();
         for (name, u) in &file.upstreams {
-            let reused = prev.and_then(|p| p.clusters.get(name)).filter(|c| c.config == *u).cloned();
-            let cluster = match reused {
-                Some(c) => c,
-                None => Arc::new(Cluster::new(name, u).map_err(|e| err(format!("upstreams.{name}"), e))?),
+            let before = prev.and_then(|p| p.clusters.get(name));
+            let cluster = match before.filter(|c| c.config == *u) {
+                Some(c) => c.clone(),
+                // Changed: targets that stay keep their health and ejection state.
+                None => Arc::new(Cluster::new(name, u, before.map(|c| &**c)).map_err(|e| err(format!("upstreams.{name}"), e))?),
             };
             clusters.insert(name.clone(), cluster);
         }
 
         let mut instances: HashMap<PluginKey, Arc<dyn Plugin>> = HashMap::new();
         let mut instance = |name: &str, value: &toml::Value, key: &str| -> Result<Arc<dyn Plugin>, ConfigErrors> {
-            let canonical = (name.to_string(), toml::to_string(value).unwrap_or_default());
+            // What the section says, and what the files and variables it names hold: a
+            // rotated key file makes a new instance (and drops its verified-token cache).
+            let mut canonical = toml::to_string(value).unwrap_or_default();
+            canonical.push_str(&hex(&referenced_material(value)));
+            let canonical = (name.to_string(), canonical);
             if let Some(p) = instances.get(&canonical) {
                 return Ok(p.clone());
             }
@@ -202,6 +260,7 @@ impl Snapshot {
         };
 
         Ok(Snapshot {
+            material: material_digest(&file, text),
             hash: text_hash(text),
             loaded_at: SystemTime::now(),
             router: router.finish(),

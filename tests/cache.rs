@@ -220,16 +220,7 @@ fn purge_by_url_prefix_tag_and_all() {
     for p in ["/p/1?page=1", "/p/1?page=2", "/p/2", "/other"] {
         assert_eq!(get(&gw, p, &h).1, "MISS");
     }
-    let purge = |body: &str| {
-        request(
-            &gw.admin,
-            "POST",
-            "/cache/purge",
-            &[("Content-Type", "application/json")],
-            Some(body),
-        )
-        .json()
-    };
+    let purge = |body: &str| gw.admin_post("/cache/purge", body).json();
     assert_eq!(
         purge(r#"{"host":"shop.example.com","path":"/p/1"}"#)["purged"],
         2,
@@ -243,7 +234,7 @@ fn purge_by_url_prefix_tag_and_all() {
     assert_eq!(purge(r#"{"tag":"shoes"}"#)["purged"], 0);
     get(&gw, "/other", &h);
     assert_eq!(purge(r#"{"all":true}"#)["purged"], 1);
-    let bad = request(&gw.admin, "POST", "/cache/purge", &[], Some(r#"{"path":"/x"}"#));
+    let bad = gw.admin_post("/cache/purge", r#"{"path":"/x"}"#);
     assert_eq!(bad.status, 400);
     assert_eq!(gw.metric("gatehouse_cache_objects"), 0.0);
 }

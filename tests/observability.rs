@@ -107,12 +107,13 @@ fn admin_status_and_token() {
     let gw = Gateway::start_raw(
         &format!(
             "{}\n{}",
-            common::gateway::HEADER.replace("addr = \"{admin}\"", "addr = \"{admin}\"\ntoken = \"env:GH_TEST_ADMIN_TOKEN\""),
+            common::gateway::HEADER.replace("token = \"test-admin-token\"", "token = \"env:GH_TEST_ADMIN_TOKEN\""),
             body
         ),
         &[("GH_TEST_ADMIN_TOKEN", "t0ken-xyz")],
     );
-    for path in ["/metrics", "/status", "/healthz"] {
+    assert_eq!(gw.admin_get("/healthz").status, 200, "liveness needs no token");
+    for path in ["/metrics", "/status"] {
         let r = gw.admin_get(path);
         assert_eq!(r.status, 401, "{path} without token");
         assert_eq!(r.json()["status"], 401);
@@ -132,7 +133,15 @@ fn admin_status_and_token() {
 #[test]
 fn admin_without_token_is_open_on_loopback() {
     let up = Upstream::start("u");
-    let gw = Gateway::start(&config(&up));
-    assert_eq!(gw.admin_get("/healthz").status, 200);
-    assert_eq!(gw.admin_get("/nothing").status, 404);
+    let gw = Gateway::start_raw(
+        &format!(
+            "{}\n{}",
+            common::gateway::HEADER.replace("token = \"test-admin-token\"\n", ""),
+            config(&up)
+        ),
+        &[],
+    );
+    assert_eq!(common::get(&gw.admin, "/healthz").status, 200);
+    assert_eq!(common::get(&gw.admin, "/status").status, 200);
+    assert_eq!(common::get(&gw.admin, "/nothing").status, 404);
 }

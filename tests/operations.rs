@@ -20,6 +20,7 @@ graceful_shutdown_timeout = "5s"
 addr = "{{listen}}"
 [admin]
 addr = "{{admin}}"
+token = "test-admin-token"
 [log]
 access = "off"
 level = "warn"
@@ -74,6 +75,7 @@ fn upgrade(gw: &Gateway) -> (bool, String) {
         .arg(&gw.config_path)
         .arg("-b")
         .arg(Gateway::bin())
+        .env("GATEHOUSE_ADMIN_TOKEN", common::gateway::ADMIN_TOKEN)
         .stdout(f.try_clone().expect("log"))
         .stderr(f)
         .status()

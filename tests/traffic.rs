@@ -147,7 +147,7 @@ fn fleet_of_three_shares_one_limit_through_redis() {
     assert_eq!(r.header("x-quota-remaining"), Some("0"));
     let usage = gws[0].admin_get("/usage/acme").json();
     assert_eq!(usage["usage"][0]["used"], 6, "{usage}");
-    assert_eq!(request(&gws[1].admin, "POST", "/usage/acme/reset", &[], None).status, 200);
+    assert_eq!(gws[1].admin_post("/usage/acme/reset", "{}").status, 200);
     assert_eq!(key(&gws[2], "/q", "acme-key").status, 200, "reset lets the consumer in again");
 }
 
@@ -217,7 +217,7 @@ upstream = "u"
     assert_eq!(after, vec![200, 200, 429, 429], "6 per day in total across the restart");
     let r = key(&gw, "/", "acme-key");
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() <= 86_400);
-    assert_eq!(request(&gw.admin, "POST", "/usage/acme/reset", &[], None).status, 200);
+    assert_eq!(gw.admin_post("/usage/acme/reset", "{}").status, 200);
     assert_eq!(key(&gw, "/", "acme-key").status, 200);
 }
 

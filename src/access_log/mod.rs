@@ -6,7 +6,23 @@
 use crate::metrics::METRICS;
 use once_cell::sync::OnceCell;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Mutex;
+
+/// Set on the way out: writers drain what is queued and stop.
+static CLOSING: AtomicBool = AtomicBool::new(false);
+static WRITERS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Writes what every access log still holds and waits for it (at most one writer wake-up,
+/// `FLUSH_EVERY`): lines of requests answered during a graceful stop are not lost.
+pub fn close_all() {
+    CLOSING.store(true, Ordering::Release);
+    let writers = std::mem::take(&mut *WRITERS.lock().unwrap_or_else(|p| p.into_inner()));
+    for w in writers {
+        let _ = w.join();
+    }
+}
 
 mod line;
 pub use line::Line;
@@ -74,9 +90,12 @@ impl AccessLog {
         let spawned = std::thread::Builder::new()
             .name("gatehouse-access-log".into())
             .spawn(move || writer(rx, out));
-        if let Err(e) = spawned {
-            log::error!("access log: cannot start writer thread: {e}");
-            return None;
+        match spawned {
+            Ok(handle) => WRITERS.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
+            Err(e) => {
+                log::error!("access log: cannot start writer thread: {e}");
+                return None;
+            }
         }
         Some(tx)
     }
@@ -110,6 +129,10 @@ fn writer(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
             if let Err(e) = out.flush() {
                 log::error!("access log: write failed: {e}");
             }
+        }
+        if CLOSING.load(Ordering::Acquire) {
+            let _ = out.flush();
+            return;
         }
     }
 }

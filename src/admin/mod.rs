@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/metrics`, `/status`, `POST /reload`.
-//! With a token configured, every call needs `Authorization: Bearer <token>`.
+//! The admin listener: `/healthz`, `/metrics`, `/status`, `POST /reload`, `POST
+//! /cache/purge`, `/usage/CONSUMER` (see `authorize` for who may call what).
 
 use crate::live::Live;
 use async_trait::async_trait;
@@ -27,12 +27,72 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     reply(status, "application/json", v.to_string().into_bytes())
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much matched.
+/// Compares digests of both, without an early exit: the time taken reveals neither how
+/// much of a guess matched nor how long the token is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    let digest = gatehouse_plugins::consumers::key_digest;
+    let (x, y) = (digest(a), digest(b));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+fn refused(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    let mut r = json_reply(status, json!({"error": message, "status": status.as_u16()}));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    r
+}
+
+/// Whether the call changes state (reload, purge, usage reset).
+fn changes_state(method: &Method, path: &str) -> bool {
+    *method != Method::GET && *method != Method::HEAD && path != "/healthz"
+}
+
+/// Who may do what. Reads: anyone on a loopback admin address without a token, else the
+/// token. Writes: always the token (a loopback address is reachable from every local
+/// process, and from a browser tricked into posting to it), and `Content-Type:
+/// application/json`, which a cross-site form cannot send without a CORS preflight the
+/// admin API never answers. `/healthz` is open: a liveness probe reveals nothing.
+fn authorize(token: Option<&str>, req: &pingora_http::RequestHeader) -> Result<(), (StatusCode, &'static str)> {
+    let path = req.uri.path();
+    if path == "/healthz" && req.method == Method::GET {
+        return Ok(());
+    }
+    let write = changes_state(&req.method, path);
+    let Some(token) = token else {
+        return if write {
+            Err((
+                StatusCode::FORBIDDEN,
+                "state-changing admin calls need admin.token in the config (use SIGHUP to reload without one)",
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    let given = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return Err((StatusCode::UNAUTHORIZED, "admin token required"));
+    }
+    if write {
+        let json = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "state-changing admin calls need Content-Type: application/json",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -40,18 +100,8 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let snap = self.live.load();
         let req = session.req_header();
-        if let Some(token) = snap.admin_token.as_deref() {
-            let given = req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-                let mut r = json_reply(StatusCode::UNAUTHORIZED, json!({"error": "admin token required", "status": 401}));
-                r.headers_mut().insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
-                return r;
-            }
+        if let Err((status, message)) = authorize(snap.admin_token.as_deref(), req) {
+            return refused(status, message);
         }
         let method = req.method.clone();
         let path = req.uri.path().to_string();
@@ -77,7 +127,7 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
-            (Method::POST, "/cache/purge") => purge(session).await,
+            (Method::POST, "/cache/purge") => purge(session, snap.file.server.path_escaped_slash).await,
             (m, p) if p.starts_with("/usage/") => usage(&m, &p["/usage/".len()..]).await,
             _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
         }
@@ -158,7 +208,7 @@ async fn usage(method: &Method, rest: &str) -> Response<Vec<u8>> {
 }
 
 /// `POST /cache/purge` with `{"host","path"}`, `{"host","prefix"}`, `{"tag"}` or `{"all":true}`.
-async fn purge(session: &mut ServerSession) -> Response<Vec<u8>> {
+async fn purge(session: &mut ServerSession, slash: crate::config::EscapedSlash) -> Response<Vec<u8>> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = session.read_request_body().await {
         body.extend_from_slice(&chunk);
@@ -169,7 +219,7 @@ async fn purge(session: &mut ServerSession) -> Response<Vec<u8>> {
             );
         }
     }
-    let req: crate::cache::Purge = match serde_json::from_slice(&body) {
+    let mut req: crate::cache::Purge = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return json_reply(
@@ -178,6 +228,9 @@ async fn purge(session: &mut ServerSession) -> Response<Vec<u8>> {
             )
         }
     };
+    if let Err(e) = req.normalize(slash) {
+        return json_reply(StatusCode::BAD_REQUEST, json!({"error": e, "status": 400}));
+    }
     match req.run() {
         Ok(n) => json_reply(StatusCode::OK, json!({"purged": n})),
         Err(e) => json_reply(StatusCode::BAD_REQUEST, json!({"error": e, "status": 400})),

@@ -312,6 +312,17 @@ pub struct Purge {
 }
 
 impl Purge {
+    /// Normalises `path` and `prefix` as request paths are (`crate::path`), so a purge of
+    /// `/a//b` removes what `/a/b` cached.
+    pub fn normalize(&mut self, slash: crate::config::EscapedSlash) -> Result<(), &'static str> {
+        for p in [&mut self.path, &mut self.prefix].into_iter().flatten() {
+            if let Some(n) = crate::path::normalize(p, slash).map_err(|e| e.message())? {
+                *p = n;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes what the request names; returns how many objects went.
     pub fn run(&self) -> Result<usize, &'static str> {
         let Some(cache) = get() else { return Ok(0) };

@@ -221,7 +221,7 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(cfg.targets[0], TargetSpec::Weighted { .. }));
-        Cluster::new("t", &cfg).unwrap()
+        Cluster::new("t", &cfg, None).unwrap()
     }
 
     #[test]

@@ -72,6 +72,20 @@ impl Target {
         false
     }
 
+    /// Takes over the state of the same target in the cluster a reload replaces.
+    fn inherit(&self, old: &Target) {
+        let r = Ordering::Relaxed;
+        self.healthy.store(old.healthy.load(r), r);
+        self.ok_streak.store(old.ok_streak.load(r), r);
+        self.fail_streak.store(old.fail_streak.load(r), r);
+        self.failures.store(old.failures.load(r), r);
+        self.ejected_until.store(old.ejected_until.load(r), r);
+        self.ejections.store(old.ejections.load(r), r);
+        self.last_ejection_end.store(old.last_ejection_end.load(r), r);
+        self.healthy_gauge.set(i64::from(self.is_healthy()));
+        self.ejected_gauge.set(i64::from(self.ejected_until.load(r) != 0));
+    }
+
     pub fn ejection_info(&self) -> (bool, u32) {
         (self.is_ejected(), self.ejections.load(Ordering::Relaxed))
     }
@@ -120,7 +134,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(name: &str, cfg: &config::Upstream) -> Result<Cluster, String> {
+    /// `prev`: the cluster this one replaces on a reload; its targets that stay keep their
+    /// health, streaks and ejection (a reload must not readmit a target the health checks
+    /// or the breaker took out).
+    pub fn new(name: &str, cfg: &config::Upstream, prev: Option<&Cluster>) -> Result<Cluster, String> {
         let mut targets = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let addr: SocketAddr = t.addr().parse().map_err(|_| format!("`{}` is not an IP:port address", t.addr()))?;
@@ -152,6 +169,11 @@ impl Cluster {
                     .map_err(|_| format!("`{}` is not usable as a Host header", t.addr()))?,
                 healthy_gauge: gauge,
             });
+            if let Some(old) = prev.and_then(|p| p.targets.iter().find(|o| o.addr == addr)) {
+                if let Some(new) = targets.last() {
+                    new.inherit(old);
+                }
+            }
         }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         Ok(Cluster {

@@ -3,6 +3,7 @@
 
 pub mod calendar;
 pub mod concurrency;
+pub mod counters;
 pub mod gcra;
 pub mod keys;
 pub mod plans;

@@ -1,22 +1,20 @@
 //! `quota`: requests per consumer per calendar period (UTC day or month).
 //!
-//! Local mode counts in memory and flushes to the on-disk store every second (see
-//! `store::disk`), so counts survive restarts and upgrades; Redis mode counts in a hash
-//! per consumer and period, shared by the fleet. Without a consumer, the client IP is
-//! the identity.
+//! Local mode counts in memory and keeps the counts on disk (see `counters`), so they
+//! survive restarts and upgrades; Redis mode counts in a hash per consumer and period,
+//! shared by the fleet. Without a consumer, the client IP is the identity.
 
 use super::calendar::{now_secs, Period};
+use super::counters;
 use super::plans::QuotaSpec;
-use crate::store::{self, disk::QuotaKey};
+use crate::store;
 use crate::util::err;
 use crate::{Answer, Flow, Plugin, PluginCtx, PluginError, Priority};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use once_cell::sync::Lazy;
 use pingora_http::RequestHeader;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 pub const NAME: &str = "quota";
 
@@ -30,34 +28,6 @@ pub struct Config {
     pub per: Option<Period>,
     #[serde(default)]
     pub store: Option<String>,
-}
-
-#[derive(Default)]
-struct Counter {
-    /// Total in the store as of the last flush (all processes).
-    base: u64,
-    /// Counted here since then.
-    delta: u64,
-}
-
-const SHARDS: usize = 32;
-
-/// Local counters, keyed by (scope, consumer, period), in shards so that requests of
-/// different consumers do not wait on one lock.
-static LOCAL: Lazy<Vec<Mutex<HashMap<QuotaKey, Counter>>>> = Lazy::new(|| (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect());
-
-fn shard(key: &QuotaKey) -> &'static Mutex<HashMap<QuotaKey, Counter>> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.1.hash(&mut h);
-    &LOCAL[(h.finish() as usize) % SHARDS]
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 pub struct Quota {
@@ -85,81 +55,16 @@ fn identity(ctx: &PluginCtx) -> String {
     }
 }
 
-/// Counts one request locally unless the quota is spent: (allowed, used).
-fn local_take(key: QuotaKey, limit: u64) -> (bool, u64) {
-    let mut map = lock(shard(&key));
-    if !map.contains_key(&key) {
-        // First use of this counter in this process: start from what the store holds.
-        let base = store::get().disk.as_ref().map(|d| d.get(&key).unwrap_or(0)).unwrap_or(0);
-        map.insert(key.clone(), Counter { base, delta: 0 });
-    }
-    let Some(c) = map.get_mut(&key) else { return (true, 0) };
-    let used = c.base + c.delta;
-    if used >= limit {
-        return (false, used);
-    }
-    c.delta += 1;
-    (true, used + 1)
-}
-
-/// Flushes local deltas to the on-disk store and refreshes totals. Called every second by
-/// the core; returns how many counters were written.
-pub fn flush() -> usize {
-    let stores = store::get();
-    let Some(disk) = stores.disk.as_ref() else { return 0 };
-    let deltas: HashMap<QuotaKey, u64> = LOCAL
-        .iter()
-        .flat_map(|m| {
-            lock(m)
-                .iter()
-                .filter(|(_, c)| c.delta > 0)
-                .map(|(k, c)| (k.clone(), c.delta))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if deltas.is_empty() {
-        return 0;
-    }
-    match disk.flush(&deltas) {
-        Ok(totals) => {
-            for (k, flushed) in &deltas {
-                if let Some(c) = lock(shard(k)).get_mut(k) {
-                    c.delta -= (*flushed).min(c.delta);
-                    c.base = totals.get(k).copied().unwrap_or(c.base + flushed);
-                }
-            }
-            deltas.len()
-        }
-        Err(e) => {
-            log::error!("quota: flushing to the store failed (will retry): {e}");
-            crate::metrics::STORE_ERRORS.with_label_values(&["disk", "quota_flush"]).inc();
-            0
-        }
-    }
-}
-
-/// Local counters not yet on disk (admin usage shows it; tests wait for 0).
-pub fn unflushed() -> u64 {
-    LOCAL.iter().map(|m| lock(m).values().map(|c| c.delta).sum::<u64>()).sum()
-}
-
 /// A consumer's usage in the current periods: (scope, period, used).
 pub async fn usage(consumer: &str) -> Result<Vec<(String, String, u64)>, String> {
     let stores = store::get();
     let mut out: HashMap<(String, String), u64> = HashMap::new();
-    if let Some(d) = stores.disk.as_ref() {
+    if let Some(d) = stores.disk() {
         for (scope, period, used) in d.usage(consumer)? {
             out.insert((scope, period), used);
         }
     }
-    for m in LOCAL.iter() {
-        for ((scope, c, period), counter) in lock(m).iter() {
-            if c == consumer {
-                let e = out.entry((scope.clone(), period.clone())).or_default();
-                *e = (*e).max(counter.base) + counter.delta;
-            }
-        }
-    }
+    counters::usage_of(consumer, &mut out);
     if let Some(r) = stores.redis.as_ref() {
         for p in [Period::Day, Period::Month] {
             let (period, _) = p.at(now_secs());
@@ -178,25 +83,23 @@ pub async fn reset(consumer: &str) -> Result<(), String> {
     let stores = store::get();
     let now = now_secs();
     let periods: Vec<String> = [Period::Day, Period::Month].iter().map(|p| p.at(now).0).collect();
-    for m in LOCAL.iter() {
-        for ((_, c, period), counter) in lock(m).iter_mut() {
-            if c == consumer && periods.contains(period) {
-                counter.base = 0;
-                counter.delta = 0;
-            }
-        }
-    }
-    if let Some(d) = stores.disk.as_ref() {
-        for p in &periods {
-            d.reset(consumer, p)?;
-        }
-    }
+    let (who, local_periods) = (consumer.to_string(), periods.clone());
+    tokio::task::spawn_blocking(move || counters::reset(&who, &local_periods))
+        .await
+        .map_err(|e| format!("reset task: {e}"))??;
     if let Some(r) = stores.redis.as_ref() {
         for p in &periods {
             r.del(&format!("gh:q:{consumer}:{p}")).await?;
         }
     }
     Ok(())
+}
+
+pub use counters::{evict, flush, load_pending, unflushed};
+
+/// Completes when counters wait for their stored totals (the store worker then loads them).
+pub async fn wait_for_loads() {
+    counters::WORK.notified().await
 }
 
 static QUOTA_LIMIT: HeaderName = HeaderName::from_static("x-quota-limit");
@@ -256,7 +159,7 @@ impl Plugin for Quota {
             "plan".to_string()
         };
         let key = (scope, identity(ctx), period);
-        let (allowed, used) = local_take(key, spec.requests);
+        let (allowed, used) = counters::take(key, spec.requests);
         self.finish(&spec, allowed, used, ends, ctx)
     }
 

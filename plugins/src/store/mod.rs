@@ -1,8 +1,10 @@
 //! Where counters that outlive a request live: in this process (rate limits), on disk
 //! (quotas, so they survive restarts and upgrades), and in Redis (shared by a fleet).
 //!
-//! `[store]` is bound at process start: the core calls [`init`] once, and limit plugins
-//! find the stores through [`get`].
+//! `[store]` is bound at process start: the core calls [`init`] once (no I/O: which stores
+//! exist is known from the config), then [`Stores::open_disk`] once the process runs as its
+//! final user (after daemonising and dropping privileges, so the files are that user's and
+//! no database handle crosses a fork). Limit plugins find the stores through [`get`].
 
 pub mod disk;
 pub mod redis;
@@ -23,8 +25,26 @@ pub struct StoreConfig {
 
 pub struct Stores {
     pub config: StoreConfig,
-    pub disk: Option<disk::Disk>,
+    disk: OnceCell<disk::Disk>,
     pub redis: Option<redis::Redis>,
+}
+
+impl Stores {
+    /// The on-disk store, once opened.
+    pub fn disk(&self) -> Option<&disk::Disk> {
+        self.disk.get()
+    }
+
+    /// Whether quotas are kept on disk (the store may not be open yet).
+    pub fn has_disk(&self) -> bool {
+        self.config.path.is_some()
+    }
+
+    /// Opens the on-disk store, if the config has one. Idempotent.
+    pub fn open_disk(&self) -> Result<(), String> {
+        let Some(path) = &self.config.path else { return Ok(()) };
+        self.disk.get_or_try_init(|| disk::Disk::open(path)).map(|_| ())
+    }
 }
 
 static STORES: OnceCell<Arc<Stores>> = OnceCell::new();
@@ -33,15 +53,15 @@ static STORES: OnceCell<Arc<Stores>> = OnceCell::new();
 pub fn init(config: StoreConfig) -> Result<Arc<Stores>, String> {
     STORES
         .get_or_try_init(|| {
-            let disk = match &config.path {
-                Some(p) => Some(disk::Disk::open(p)?),
-                None => None,
-            };
             let redis = match &config.redis {
                 Some(url) => Some(redis::Redis::new(url, config.timeout)?),
                 None => None,
             };
-            Ok(Arc::new(Stores { config, disk, redis }))
+            Ok(Arc::new(Stores {
+                config,
+                disk: OnceCell::new(),
+                redis,
+            }))
         })
         .cloned()
 }
@@ -57,7 +77,7 @@ pub fn get() -> Arc<Stores> {
                     timeout: Duration::from_millis(20),
                     allow_on_error: true,
                 },
-                disk: None,
+                disk: OnceCell::new(),
                 redis: None,
             })
         })

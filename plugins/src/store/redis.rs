@@ -1,22 +1,37 @@
 //! Redis: counters shared by every node of a fleet. One round trip per limit per request
-//! (an atomic Lua script), bounded by `timeout`; the connection manager reconnects by
-//! itself, so Redis coming back is picked up without a restart.
+//! (an atomic Lua script), bounded by `timeout`.
+//!
+//! One multiplexed connection, replaced as soon as it breaks: a call that finds it dropped
+//! (Redis restarted, the network cut) throws it away, and the next call starts a new one
+//! in the background (at most one attempt per `RECONNECT_EVERY`), so limits are enforced
+//! again within a fraction of a second of Redis being back, never after a gateway restart.
+//! Connecting never runs inside a request's own deadline, which would cancel it every
+//! time. Scripts are reloaded by the client when a restarted Redis answers NOSCRIPT.
 
 use crate::metrics::{STORE_ERRORS, STORE_LATENCY};
-use redis::aio::ConnectionManager;
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
 use redis::{Client, Script};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 pub struct Redis {
     client: Client,
     timeout: Duration,
-    conn: OnceCell<ConnectionManager>,
-    /// Last failed connect (ms since `epoch`), so a down Redis is not dialled per request.
-    last_connect_failure: AtomicU64,
+    conn: Arc<ArcSwapOption<MultiplexedConnection>>,
+    connecting: Arc<AtomicBool>,
+    /// Woken when a connect attempt ends.
+    attempted: Arc<tokio::sync::Notify>,
+    /// Last connect attempt (ms since `epoch`, 0: never).
+    last_attempt: AtomicU64,
+    /// Calls in a row that timed out: past `DEAD_AFTER`, the connection is presumed dead.
+    timeouts: AtomicU32,
     epoch: Instant,
 }
+
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+const DEAD_AFTER: u32 = 5;
 
 /// GCRA on Redis time, so every node agrees on "now". Returns
 /// {allowed, retry_after_us, tat_minus_now_us}.
@@ -54,67 +69,129 @@ enum Arg<'a> {
     Str(&'a str),
 }
 
-const RECONNECT_EVERY: Duration = Duration::from_millis(500);
-
 impl Redis {
     pub fn new(url: &str, timeout: Duration) -> Result<Redis, String> {
         let client = Client::open(url).map_err(|e| format!("invalid redis URL: {e}"))?;
         Ok(Redis {
             client,
             timeout,
-            conn: OnceCell::new(),
-            last_connect_failure: AtomicU64::new(0),
+            conn: Arc::new(ArcSwapOption::empty()),
+            connecting: Arc::new(AtomicBool::new(false)),
+            attempted: Arc::new(tokio::sync::Notify::new()),
+            last_attempt: AtomicU64::new(0),
+            timeouts: AtomicU32::new(0),
             epoch: Instant::now(),
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
+    /// The live connection; without one, a connect is started in the background and
+    /// waited for up to the call's timeout (a local Redis answers in a millisecond).
+    async fn conn(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(c) = self.conn.load_full() {
+            return Ok((*c).clone());
         }
+        let attempted = self.attempted.notified();
+        self.reconnect();
+        if self.connecting.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(self.timeout, attempted).await;
+        }
+        match self.conn.load_full() {
+            Some(c) => Ok((*c).clone()),
+            None => Err("redis not connected".into()),
+        }
+    }
+
+    /// Connects ahead of the first request (called once the runtime runs).
+    pub fn warm(&self) {
+        self.reconnect();
+    }
+
+    /// Starts one background connect unless one is running or one started within
+    /// `RECONNECT_EVERY`.
+    fn reconnect(&self) {
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last_connect_failure.load(Ordering::Relaxed);
-        if last != 0 && now - last < RECONNECT_EVERY.as_millis() as u64 {
-            return Err("redis unreachable".into());
+        let last = self.last_attempt.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < RECONNECT_EVERY.as_millis() as u64 {
+            return;
         }
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout.max(Duration::from_millis(100)))
-            .set_response_timeout(self.timeout.max(Duration::from_millis(50)))
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        match self
-            .conn
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), cfg))
-            .await
-        {
-            Ok(c) => Ok(c.clone()),
-            Err(e) => {
-                self.last_connect_failure.store(now, Ordering::Relaxed);
-                Err(format!("redis connect: {e}"))
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_attempt.store(now, Ordering::Relaxed);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.connecting.store(false, Ordering::Release);
+            return;
+        };
+        let client = self.client.clone();
+        let (slot, connecting, attempted) = (self.conn.clone(), self.connecting.clone(), self.attempted.clone());
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(self.timeout.max(Duration::from_millis(50)));
+        rt.spawn(async move {
+            match client.get_multiplexed_async_connection_with_config(&cfg).await {
+                Ok(c) => {
+                    log::info!("redis: connected");
+                    slot.store(Some(Arc::new(c)));
+                }
+                Err(e) => log::warn!("redis: connect failed: {e}"),
             }
+            connecting.store(false, Ordering::Release);
+            attempted.notify_waiters();
+        });
+    }
+
+    /// After a failed call: a broken connection is dropped so the next call reconnects.
+    fn on_error(&self, e: &redis::RedisError) {
+        if e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal() || e.is_unrecoverable_error() {
+            self.drop_connection();
         }
+    }
+
+    fn on_timeout(&self) {
+        if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= DEAD_AFTER {
+            self.drop_connection();
+        }
+    }
+
+    fn drop_connection(&self) {
+        if self.conn.swap(None).is_some() {
+            log::warn!("redis: connection lost, reconnecting");
+        }
+        self.timeouts.store(0, Ordering::Relaxed);
+        self.reconnect();
     }
 
     /// One script call: bounded by `timeout`, timed and counted in the store metrics.
     async fn run<T: redis::FromRedisValue>(&self, op: &str, script: &Script, keys: &[&str], args: &[Arg<'_>]) -> Result<T, String> {
         let started = Instant::now();
-        let call = async {
-            let mut conn = self.conn().await?;
-            let mut inv = script.prepare_invoke();
-            for k in keys {
-                inv.key(*k);
+        let r = match self.conn().await {
+            Err(e) => Err(e),
+            Ok(mut conn) => {
+                let mut inv = script.prepare_invoke();
+                for k in keys {
+                    inv.key(*k);
+                }
+                for a in args {
+                    match a {
+                        Arg::Int(i) => inv.arg(*i),
+                        Arg::Str(t) => inv.arg(*t),
+                    };
+                }
+                match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await {
+                    Ok(Ok(v)) => {
+                        self.timeouts.store(0, Ordering::Relaxed);
+                        Ok(v)
+                    }
+                    Ok(Err(e)) => {
+                        self.on_error(&e);
+                        Err(e.to_string())
+                    }
+                    Err(_) => {
+                        self.on_timeout();
+                        Err(format!("redis call took longer than {:?}", self.timeout))
+                    }
+                }
             }
-            for a in args {
-                match a {
-                    Arg::Int(i) => inv.arg(*i),
-                    Arg::Str(t) => inv.arg(*t),
-                };
-            }
-            inv.invoke_async::<T>(&mut conn).await.map_err(|e| e.to_string())
-        };
-        let r = match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("redis call took longer than {:?}", self.timeout)),
         };
         STORE_LATENCY
             .with_label_values(&["redis", op])
