@@ -45,7 +45,8 @@ pub async fn write(session: &mut Session, ctx: &mut Ctx, mut answer: Answer, run
     if run_plugins {
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
-                p.response(&mut resp, &ctx.plugin);
+                // A panic here is counted; the answer goes out as it was.
+                let _ = super::chain::response(p, &mut resp, &ctx.plugin);
             }
         }
     }

@@ -8,6 +8,7 @@
 
 mod answer;
 mod auth;
+mod chain;
 pub mod ctx;
 mod forward;
 pub mod identity;
@@ -98,14 +99,17 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 }
             }
-            let flow = if p.is_async() {
-                p.request_async(session.req_header_mut(), &mut ctx.plugin).await
-            } else {
-                p.request(session.req_header_mut(), &mut ctx.plugin)
-            };
-            if let Flow::Respond(a) = flow {
-                answer::write(session, ctx, a, true).await;
-                return Ok(true);
+            match chain::request(p, session.req_header_mut(), &mut ctx.plugin).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(a)) => {
+                    answer::write(session, ctx, a, true).await;
+                    return Ok(true);
+                }
+                Err(_) => {
+                    ctx.error = Some("plugin_panic");
+                    answer::error(session, ctx, 500, "internal error").await;
+                    return Ok(true);
+                }
             }
         }
         if route.auth_end == Some(route.plugins.len()) {
@@ -254,7 +258,10 @@ impl ProxyHttp for Gateway {
         forward::upstream_headers(session, upstream, ctx)?;
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
-                p.upstream_request(upstream, &ctx.plugin);
+                if chain::upstream_request(p, upstream, &ctx.plugin).is_err() {
+                    ctx.error = Some("plugin_panic");
+                    return Err(Error::explain(ErrorType::HTTPStatus(500), "plugin panicked"));
+                }
             }
         }
         Ok(())
@@ -276,7 +283,10 @@ impl ProxyHttp for Gateway {
         forward::response_headers(resp, ctx, cache_header);
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
-                p.response(resp, &ctx.plugin);
+                if chain::response(p, resp, &ctx.plugin).is_err() {
+                    ctx.error = Some("plugin_panic");
+                    return Err(Error::explain(ErrorType::HTTPStatus(500), "plugin panicked"));
+                }
             }
         }
         Ok(())

@@ -27,7 +27,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
     if let Some(route) = ctx.route.as_ref() {
         for p in route.plugins.iter() {
-            p.log(status, &ctx.plugin);
+            super::chain::log(p, status, &ctx.plugin);
         }
     }
     if let Some(snap) = ctx.snapshot.as_ref() {
