@@ -180,8 +180,10 @@ keys = [{{ kid = "r", alg = "RS256", pem = "file:{pem}" }}]
     assert_eq!(jwt(&sign("rsa2-private.pem")), 200);
 }
 
-fn health_body(targets: &[&Upstream], interval: &str) -> String {
-    let list: Vec<String> = targets.iter().map(|t| format!("\"{}\"", t.addr)).collect();
+/// `u`: health-checked; `v`: a circuit breaker only (a passing health check would end an
+/// ejection early).
+fn health_body(checked: &[&Upstream], broken: &[&Upstream], interval: &str) -> String {
+    let list = |t: &[&Upstream]| t.iter().map(|t| format!("\"{}\"", t.addr)).collect::<Vec<_>>().join(", ");
     format!(
         r#"
 [upstreams.u]
@@ -193,47 +195,55 @@ interval = "{interval}"
 timeout = "200ms"
 healthy_after = 2
 unhealthy_after = 2
-[upstreams.u.circuit_breaker]
+[upstreams.v]
+targets = [{}]
+retries = 0
+[upstreams.v.circuit_breaker]
 consecutive_failures = 2
 base_ejection = "1m"
 max_ejected_percent = 100
 [routes.r]
 paths = ["/"]
 upstream = "u"
+[routes.b]
+paths = ["/b"]
+upstream = "v"
 "#,
-        list.join(", ")
+        list(checked),
+        list(broken)
     )
 }
 
 #[test]
 fn a_reload_keeps_the_health_of_targets_that_stay() {
-    let (a, b, c, d) = (
-        Upstream::start("a"),
-        Upstream::start("b"),
-        Upstream::start("c"),
-        Upstream::start("d"),
-    );
+    let (a, b, d) = (Upstream::start("a"), Upstream::start("b"), Upstream::start("d"));
+    let (c, e, f) = (Upstream::start("c"), Upstream::start("e"), Upstream::start("f"));
     b.set(|x| x.health = 500);
     c.set(|x| x.status = 502);
-    let gw = Gateway::start(&health_body(&[&a, &b, &c], "100ms"));
-    let healthy = |t: &Upstream| gw.metric(&format!(r#"gatehouse_upstream_target_healthy{{target="{}",upstream="u"}}"#, t.addr));
-    let ejected = |t: &Upstream| gw.metric(&format!(r#"gatehouse_upstream_target_ejected{{target="{}",upstream="u"}}"#, t.addr));
-    wait_until(Duration::from_secs(5), "b marked unhealthy", || healthy(&b) == 0.0);
+    let gw = Gateway::start(&health_body(&[&a, &b], &[&c, &e], "100ms"));
+    let gauge = |name: &str, up: &str, t: &Upstream| {
+        gw.metric(&format!(
+            r#"gatehouse_upstream_target_{name}{{target="{}",upstream="{up}"}}"#,
+            t.addr
+        ))
+    };
+    wait_until(Duration::from_secs(5), "b marked unhealthy", || gauge("healthy", "u", &b) == 0.0);
     wait_until(Duration::from_secs(5), "c ejected by the breaker", || {
-        gw.get("/");
-        ejected(&c) == 1.0
+        gw.get("/b");
+        gauge("ejected", "v", &c) == 1.0
     });
-    // Change the cluster (a fourth target, slow checks) and reload.
-    gw.write_config(&health_body(&[&a, &b, &c, &d], "1h"));
+    // Change both clusters (a target more each, slow checks) and reload.
+    gw.write_config(&health_body(&[&a, &b, &d], &[&c, &e, &f], "1h"));
     assert_eq!(gw.reload().status, 200);
     b.reset();
     c.reset();
     for _ in 0..12 {
         assert_eq!(gw.get("/").status, 200);
+        assert_eq!(gw.get("/b").status, 200);
     }
     assert_eq!(b.count(), 0, "b is still unhealthy after the reload");
     assert_eq!(c.count(), 0, "c is still ejected after the reload");
-    assert!(a.count() > 0 && d.count() > 0);
+    assert!(a.count() > 0 && d.count() > 0 && e.count() > 0 && f.count() > 0);
 }
 
 #[test]
