@@ -213,6 +213,23 @@ fn split_port(a: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
+/// RFC 3986 reg-name characters: unreserved and sub-delims (no `%`: percent-encoded
+/// hosts are refused).
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
 /// `host [ ":" port ]` (RFC 9110 7.2, RFC 3986 3.2.2): an IPv6 literal in brackets, or a
 /// reg-name of unreserved characters and sub-delims (no percent-encoding, no userinfo);
 /// a port of one to five digits up to 65535, required for CONNECT.
@@ -223,16 +240,7 @@ pub fn valid_authority(a: &[u8], port_required: bool) -> bool {
             .strip_suffix(b"]")
             .and_then(|v| std::str::from_utf8(v).ok())
             .is_some_and(|v| v.parse::<std::net::Ipv6Addr>().is_ok()),
-        None => {
-            !host.is_empty()
-                && host.iter().all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || matches!(
-                            c,
-                            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-                        )
-                })
-        }
+        None => !host.is_empty() && host.iter().all(|c| REG_NAME[*c as usize]),
     };
     let port_ok = match port {
         None => !port_required,

@@ -74,7 +74,7 @@ impl<A> HeaderGuard<A> {
             }
             // Small to start: most request headers fit, and an idle keep-alive connection
             // waits here holding this buffer (it grows when a header needs more).
-            buf.reserve(1024);
+            buf = BytesMut::with_capacity(1024);
             let stream = framed.inner_mut()?;
             match wait {
                 Wait::First => {
