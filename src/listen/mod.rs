@@ -18,8 +18,8 @@ mod header;
 mod linger;
 mod reply;
 
-pub use check::{valid_authority, Limits, MAX_HEADERS_CEILING};
+pub use check::{check, valid_authority, Limits, Refusal, Verdict, MAX_HEADERS_CEILING};
 pub use chunked::{Chunked, FramingError};
 pub use connections::Connections;
-pub use framed::is_framing_error;
+pub use framed::{is_framing_error, After, Body};
 pub use header::HeaderGuard;
