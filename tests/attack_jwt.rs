@@ -289,3 +289,24 @@ fn claims_of_the_wrong_shape_and_borrowed_consumer_names() {
     let gw = Gateway::start(&route(&format!("{keys}\nrequire_consumer = true"), &up));
     assert_eq!(bearer(&gw, &token(Algorithm::RS256, "r", &rsa(), &claims("bob"))).status, 401);
 }
+
+#[test]
+fn tokens_of_a_key_the_jwks_dropped_are_refused_at_once() {
+    let up = Upstream::start("u");
+    let idp = Upstream::start("idp");
+    idp.set(|b| b.body = Some(json!({"keys": [jwk(&rsa(), Algorithm::RS256, "k1", json!({}))]}).to_string()));
+    let gw = Gateway::start(&route(
+        &format!("jwks_url = \"http://{}/jwks.json\"\njwks_min_refetch = \"1ms\"", idp.addr),
+        &up,
+    ));
+    let t1 = token(Algorithm::RS256, "k1", &rsa(), &claims("acme-service"));
+    assert_eq!(bearer(&gw, &t1).status, 200);
+    assert_eq!(bearer(&gw, &t1).status, 200, "now a cached verification");
+    // The IdP rotates k1 out; a token naming the new kid makes the gateway fetch the set.
+    idp.set(|b| b.body = Some(json!({"keys": [jwk(&rsa2(), Algorithm::RS256, "k2", json!({}))]}).to_string()));
+    assert_eq!(
+        bearer(&gw, &token(Algorithm::RS256, "k2", &rsa2(), &claims("acme-service"))).status,
+        200
+    );
+    assert_eq!(bearer(&gw, &t1).status, 401, "the cached verification ended with its key");
+}
