@@ -136,7 +136,7 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
         out.push("admin.addr".to_string());
     }
     let (b, n) = (&boot.server, &new.server);
-    let fields: [(&str, bool); 15] = [
+    let fields: [(&str, bool); 16] = [
         ("server.threads", b.threads != n.threads),
         ("server.pid_file", b.pid_file != n.pid_file),
         ("server.upgrade_sock", b.upgrade_sock != n.upgrade_sock),
@@ -151,6 +151,10 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
         ("server.max_headers", b.max_headers != n.max_headers),
         ("server.max_uri", b.max_uri != n.max_uri),
         ("server.max_connections", b.max_connections != n.max_connections),
+        (
+            "server.max_connections_per_ip",
+            b.max_connections_per_ip != n.max_connections_per_ip,
+        ),
         ("server.read_buffer", b.read_buffer != n.read_buffer),
         ("server.keepalive_requests", b.keepalive_requests != n.keepalive_requests),
         ("server.user/group", b.user != n.user || b.group != n.group),

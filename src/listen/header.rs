@@ -69,32 +69,30 @@ impl<A> HeaderGuard<A> {
     async fn pre_read(&self, framed: &mut Framed, wait: Wait, idle: &mut IdleTimer, shutdown: &mut ShutdownWatch) -> Option<Accepted> {
         let mut buf = std::mem::take(&mut framed.ahead);
         if buf.is_empty() {
-            if *shutdown.borrow() {
-                return None;
-            }
             // Small to start: most request headers fit, and an idle keep-alive connection
             // waits here holding this buffer (it grows when a header needs more).
             buf = BytesMut::with_capacity(1024);
             let stream = framed.inner_mut()?;
             match wait {
-                Wait::First => {
-                    let read = fast_timeout(self.limits.header_timeout, stream.read_buf(&mut buf));
-                    tokio::select! {
-                        r = read => match r {
-                            Ok(Ok(n)) if n > 0 => {}
-                            Ok(_) => return None,
-                            Err(_) => {
-                                METRICS.rejections.with_label_values(&["_none", "first_byte_timeout"]).inc();
-                                return None;
-                            }
-                        },
-                        _ = shutdown.changed() => return None,
+                // A connection accepted before a shutdown began is served, shutdown or not
+                // (its client is waiting for an answer); its wait is bounded all the same.
+                Wait::First => match fast_timeout(self.limits.header_timeout, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return None,
+                    Err(_) => {
+                        METRICS.rejections.with_label_values(&["_none", "first_byte_timeout"]).inc();
+                        return None;
                     }
-                }
+                },
                 Wait::KeepAlive => {
+                    if *shutdown.borrow() {
+                        return None;
+                    }
                     let idle_until = Instant::now() + self.limits.keepalive_timeout;
                     loop {
                         tokio::select! {
+                            // A request already on its way is served rather than cut.
+                            biased;
                             r = stream.read_buf(&mut buf) => match r {
                                 Ok(n) if n > 0 => break,
                                 _ => return None,
@@ -211,9 +209,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
             match persistent.take() {
                 Some(p) => p.apply_to_session(&mut session),
                 None => {
-                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                    session.set_keepalive(Some(60));
                     session.set_keepalive_reuses_remaining(limit);
                 }
+            }
+            // Draining: this answer says `Connection: close`, so the client sends nothing
+            // more on a connection that is about to go.
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
             }
             // Pingora's pipelining stays off: the framed stream never gives it bytes of the
             // next request, so the guard's bytes are the only prefix.
