@@ -106,6 +106,11 @@ impl ServeHttp for Admin {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         match (method, path.as_str()) {
+            // Ready once the stores are open and loaded (a load balancer or the tests wait
+            // for it); until then the quota counts of earlier runs are not known yet.
+            (Method::GET, "/healthz") if !gatehouse_plugins::store::ready() => {
+                json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting"}))
+            }
             (Method::GET, "/healthz") => json_reply(StatusCode::OK, json!({"status": "ok"})),
             (Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
             (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),

@@ -93,6 +93,22 @@ pub fn take(key: QuotaKey, limit: u64) -> (bool, u64) {
     (true, used + 1)
 }
 
+/// Loads the stored counts of the current periods (a new process starts from them).
+pub fn preload(disk: &crate::store::disk::Disk) -> Result<usize, String> {
+    let _ops = lock(&STORE_OPS);
+    let now = now_secs();
+    let rows = disk.current(&[Period::Day.at(now).0, Period::Month.at(now).0])?;
+    for (k, used) in &rows {
+        let mut map = lock(shard(k));
+        let c = map.entry(k.clone()).or_insert_with(|| Counter {
+            last_used: now,
+            ..Counter::default()
+        });
+        c.base = c.base.max(*used);
+    }
+    Ok(rows.len())
+}
+
 /// Reads the stored totals of counters seen for the first time. Returns how many.
 pub fn load_pending() -> usize {
     let _ops = lock(&STORE_OPS);

@@ -71,6 +71,27 @@ impl Disk {
         }
     }
 
+    /// Every counter of these periods: what a new process starts from.
+    pub fn current(&self, periods: &[String]) -> Result<Vec<(QuotaKey, u64)>, String> {
+        let conn = self.conn.lock().map_err(|_| "store lock poisoned".to_string())?;
+        let mut stmt = conn
+            .prepare("SELECT scope, consumer, period, used FROM quota_usage WHERE period = ?1 OR period = ?2")
+            .map_err(|e| e.to_string())?;
+        let (a, b) = (
+            periods.first().cloned().unwrap_or_default(),
+            periods.get(1).cloned().unwrap_or_default(),
+        );
+        let rows = stmt
+            .query_map(params![a, b], |r| {
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                    r.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+    }
+
     /// Every counter of a consumer: (scope, period, used).
     pub fn usage(&self, consumer: &str) -> Result<Vec<(String, String, u64)>, String> {
         let conn = self.conn.lock().map_err(|_| "store lock poisoned".to_string())?;

@@ -40,11 +40,32 @@ impl Stores {
         self.config.path.is_some()
     }
 
-    /// Opens the on-disk store, if the config has one. Idempotent.
+    /// Opens the on-disk store, if the config has one, and loads the current periods'
+    /// counts into memory before anything can use it. Idempotent. The stores are ready
+    /// afterwards (also when opening failed: quotas then count in memory only).
     pub fn open_disk(&self) -> Result<(), String> {
-        let Some(path) = &self.config.path else { return Ok(()) };
-        self.disk.get_or_try_init(|| disk::Disk::open(path)).map(|_| ())
+        let result = match &self.config.path {
+            None => Ok(()),
+            Some(path) => self
+                .disk
+                .get_or_try_init(|| {
+                    let disk = disk::Disk::open(path)?;
+                    crate::limits::counters::preload(&disk)?;
+                    Ok(disk)
+                })
+                .map(|_| ()),
+        };
+        READY.store(true, std::sync::atomic::Ordering::Release);
+        result
     }
+}
+
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the stores are open and what they hold is loaded: until then a fresh process
+/// would admit quota requests it should count against what it stored before.
+pub fn ready() -> bool {
+    READY.load(std::sync::atomic::Ordering::Acquire)
 }
 
 static STORES: OnceCell<Arc<Stores>> = OnceCell::new();
