@@ -124,6 +124,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let listeners = match gatehouse::listen::Listeners::build(live.boot()) {
+        Ok(l) => l,
+        Err((key, reason)) => {
+            eprintln!("{name}: {key}: {reason}");
+            return ExitCode::from(1);
+        }
+    };
     if let Some(w) = admin_warning(live.boot()) {
         if cli.test {
             eprintln!("{name}: warning: {w}");
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
     }
     server::run(
         live,
+        listeners,
         server::Flags {
             daemon: cli.daemon,
             upgrade: cli.upgrade,

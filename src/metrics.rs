@@ -26,6 +26,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub panics: IntCounter,
+    pub cert_expiry: IntGaugeVec,
     pub cache_requests: IntCounterVec,
     pub cache_bytes: IntGauge,
     pub cache_objects: IntGauge,
@@ -151,6 +152,17 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
                 "Panics caught in a connection task or a plugin (the connection or request failed, the process went on).",
             )
             .expect("static counter definition"),
+        ),
+        cert_expiry: reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "gatehouse_tls_cert_expiry_seconds",
+                    "Unix time at which each configured certificate expires.",
+                ),
+                &["cert"],
+            )
+            .expect("static gauge definition"),
         ),
         cache_requests: reg(
             &r,

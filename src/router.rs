@@ -132,13 +132,26 @@ pub struct Conditions {
     /// Empty: any method.
     pub methods: Vec<Method>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The TLS server name the client asked for (empty: any, and plaintext too).
+    pub sni: HostMatch,
+    /// `Some(true)`: HTTPS only; `Some(false)`: plaintext only.
+    pub https: Option<bool>,
+}
+
+/// What the connection says about a request: the TLS server name, and whether it is TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conn<'a> {
+    pub sni: Option<&'a str>,
+    pub https: bool,
 }
 
 impl Conditions {
-    fn matches(&self, host: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(&self, host: &str, method: &Method, headers: &HeaderMap, conn: Conn<'_>) -> bool {
         self.hosts.matches(host)
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && self.headers.iter().all(|(n, v)| headers.get_all(n).iter().any(|h| h == v))
+            && self.https.is_none_or(|h| h == conn.https)
+            && (self.sni.is_any() || conn.sni.is_some_and(|s| self.sni.matches(s)))
     }
 }
 
@@ -198,10 +211,10 @@ impl<T> Router<T> {
     }
 
     /// `host` must already be stripped of its port.
-    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap) -> Option<Match<'_, T>> {
+    pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap, conn: Conn<'_>) -> Option<Match<'_, T>> {
         self.entries.iter().find_map(|e| {
             let (value, cond, ..) = &self.routes[e.route];
-            (e.path.matches(path) && cond.matches(host, method, headers)).then_some(Match {
+            (e.path.matches(path) && cond.matches(host, method, headers, conn)).then_some(Match {
                 route: value,
                 path: &e.path,
             })
@@ -265,7 +278,8 @@ mod tests {
     }
 
     fn find(r: &Router<&'static str>, host: &str, path: &str) -> Option<&'static str> {
-        r.find(host, &Method::GET, path, &HeaderMap::new()).map(|m| *m.route)
+        r.find(host, &Method::GET, path, &HeaderMap::new(), Conn::default())
+            .map(|m| *m.route)
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 use crate::admin::Admin;
 use crate::config::File;
-use crate::listen::{Connections, HeaderGuard, Limits};
+use crate::listen::{Connections, HeaderGuard, Limits, Listeners};
 use crate::live::Live;
 use crate::proxy::Gateway;
+use crate::tls::CertResolver;
 use crate::upstream::health::HealthChecker;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
@@ -42,8 +43,11 @@ pub fn server_conf(file: &File, flags: &Flags) -> ServerConf {
     }
 }
 
-pub fn run(live: Arc<Live>, flags: Flags) -> ! {
+/// `listeners`: built (TLS acceptors included) and checked before, so `-t` refuses what
+/// would fail here.
+pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
     let file = live.boot().clone();
+    let listeners = Arc::new(listeners);
     for p in [&file.server.pid_file, &file.server.upgrade_sock] {
         if let Some(dir) = std::path::Path::new(p).parent() {
             if let Err(e) = std::fs::create_dir_all(dir) {
@@ -68,11 +72,19 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
 
     // Pingora's proxy, wrapped: Connections (cap) -> HeaderGuard (deadline, limits,
     // framing) -> HttpProxy<Gateway>.
-    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Gateway { live: live.clone() });
-    let mut opts = HttpServerOptions::default();
-    opts.keepalive_request_limit = Some(file.server.keepalive_requests);
-    proxy.server_options = Some(opts);
+    let gateway = Gateway {
+        live: live.clone(),
+        listeners: listeners.clone(),
+    };
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     let s = &file.server;
+    let mut opts = HttpServerOptions::default();
+    opts.keepalive_request_limit = Some(s.keepalive_requests);
+    // Consulted only for connections the guard hands over after reading their h2c preface.
+    opts.h2c = true;
+    opts.h2_idle_timeout = Some(s.keepalive_timeout.0);
+    proxy.server_options = Some(opts);
+    proxy.h2_options = Some(crate::listen::h2_options(s));
     let limits = Limits {
         header_timeout: s.header_timeout.0,
         keepalive_timeout: s.keepalive_timeout.0,
@@ -80,10 +92,14 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
         max_headers: s.max_headers,
         max_uri: s.max_uri.0 as usize,
     };
+    let certs = Arc::new(CertResolver { live: live.clone() });
     let guard = HeaderGuard {
         inner: Arc::new(proxy),
         limits: limits.clone(),
         live: live.clone(),
+        listeners,
+        certs: certs.clone(),
+        tls_handshake_timeout: s.tls_handshake_timeout.0,
     };
     let mut svc = Service::new(
         "gatehouse proxy".to_string(),
@@ -98,10 +114,17 @@ pub fn run(live: Arc<Live>, flags: Flags) -> ! {
     // The admin listener gets the same header deadline, limits and connection cap: it is
     // often reachable from more places than it should be.
     if let Some(admin) = &file.admin {
+        let addr = admin
+            .addr
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let guard = HeaderGuard {
             inner: Arc::new(Admin { live: live.clone() }),
             limits,
             live: live.clone(),
+            listeners: Arc::new(Listeners::plain("admin", addr)),
+            certs,
+            tls_handshake_timeout: s.tls_handshake_timeout.0,
         };
         let mut svc = Service::new(
             "gatehouse admin".to_string(),

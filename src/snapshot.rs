@@ -60,6 +60,8 @@ pub struct Snapshot {
     /// [`material_digest`] of what this snapshot was built from; never shown (it covers
     /// secrets).
     pub material: [u8; 32],
+    /// The certificates TLS listeners serve, chosen by SNI.
+    pub certs: Arc<crate::tls::CertStore>,
     plugin_instances: HashMap<PluginKey, Arc<dyn Plugin>>,
 }
 
@@ -114,6 +116,12 @@ pub fn material_digest(file: &config::File, text: &str) -> [u8; 32] {
     let tables = file.plugins.values().chain(file.routes.values().flat_map(|r| r.plugins.values()));
     for v in tables {
         m.extend_from_slice(&referenced_material(v));
+    }
+    // Certificate and key files: a renewed certificate reloads with the same file text.
+    for c in file.tls.certificates.values() {
+        for source in [&c.cert, &c.key] {
+            m.extend_from_slice(&referenced_material(&toml::Value::String(source.clone())));
+        }
     }
     gatehouse_plugins::consumers::key_digest(&m)
 }
@@ -236,6 +244,8 @@ impl Snapshot {
                 hosts: HostMatch::new(&r.hosts),
                 methods,
                 headers,
+                sni: HostMatch::new(&r.sni),
+                https: r.scheme.map(|s| s == config::Scheme::Https),
             };
             router.add(name, Arc::new(route), cond, r.priority, paths);
         }
@@ -253,6 +263,12 @@ impl Snapshot {
         let consumer_header = http::HeaderName::from_bytes(file.server.consumer_header.as_bytes())
             .map_err(|e| err("server.consumer_header".into(), e.to_string()))?;
 
+        let certs = crate::tls::CertStore::build(&file)
+            .map_err(|errors| ConfigErrors(errors.into_iter().map(|(k, r)| ConfigError::new(file_name, &k, r)).collect()))?;
+        for c in &certs.certs {
+            METRICS.cert_expiry.with_label_values(&[&c.name]).set(c.not_after);
+        }
+
         let sink = Sink::parse(&file.log.access);
         let access_log = match prev {
             Some(p) if p.access_log.sink == sink => p.access_log.clone(),
@@ -260,6 +276,7 @@ impl Snapshot {
         };
 
         Ok(Snapshot {
+            certs: Arc::new(certs),
             material: material_digest(&file, text),
             hash: text_hash(text),
             loaded_at: SystemTime::now(),

@@ -26,6 +26,16 @@ pub struct Line<'a> {
     pub consumer: Option<&'a str>,
     pub rejection: Option<&'a str>,
     pub error: Option<&'a str>,
+    pub tls: Option<TlsFields<'a>>,
+}
+
+/// What a TLS connection adds to its lines.
+pub struct TlsFields<'a> {
+    pub version: &'a str,
+    /// `h2` or `http/1.1`.
+    pub alpn: &'a str,
+    pub sni: Option<&'a str>,
+    pub client_subject: Option<&'a str>,
 }
 
 impl Line<'_> {
@@ -57,6 +67,15 @@ impl Line<'_> {
         for (name, v) in [("consumer", self.consumer), ("rejection", self.rejection), ("error", self.error)] {
             if let Some(v) = v {
                 field_str(out, name, v);
+            }
+        }
+        if let Some(t) = &self.tls {
+            field_str(out, "tls_version", t.version);
+            field_str(out, "alpn", t.alpn);
+            for (name, v) in [("sni", t.sni), ("client_cert", t.client_subject)] {
+                if let Some(v) = v {
+                    field_str(out, name, v);
+                }
             }
         }
         out.extend_from_slice(b"}\n");
@@ -180,6 +199,7 @@ mod tests {
             consumer,
             rejection: None,
             error: None,
+            tls: None,
         }
     }
 

@@ -25,7 +25,7 @@ pub fn close_all() {
 }
 
 mod line;
-pub use line::Line;
+pub use line::{Line, TlsFields};
 
 const QUEUE: usize = 16 * 1024;
 

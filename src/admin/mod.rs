@@ -176,6 +176,15 @@ impl Admin {
             "reload": self.live.status(),
             "routes": routes,
             "clusters": clusters,
+            "certificates": snap.certs.certs.iter().map(|c| json!({
+                "name": c.name,
+                "hosts": c.hosts,
+                "issuer": c.issuer,
+                "serial": c.serial,
+                "not_after": humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.not_after.max(0) as u64)).to_string(),
+                "default": c.default,
+                "source": c.source,
+            })).collect::<Vec<_>>(),
         })
     }
 }

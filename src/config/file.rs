@@ -1,6 +1,7 @@
 //! The file as written by users. `deny_unknown_fields` everywhere: a typo is an error, not
 //! a silently ignored setting. `PartialEq` lets a reload tell what changed.
 
+pub use super::tls::{CertCfg, ClientCertMode, Listener, Tls, TlsVersion};
 use super::values::{Cidr, Dur, Secret, Size};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ pub struct File {
     pub server: Server,
     #[serde(default)]
     pub listeners: BTreeMap<String, Listener>,
+    #[serde(default)]
+    pub tls: Tls,
     #[serde(default)]
     pub admin: Option<Admin>,
     #[serde(default)]
@@ -96,6 +99,14 @@ pub struct Server {
     /// Which header a trusted proxy names the client in.
     #[serde(default)]
     pub client_ip_header: ClientIpHeader,
+    /// From a TLS connection's accept to the end of its handshake (Pingora's own is a
+    /// fixed 60 s, which makes a stalled handshake a cheap way to hold connections).
+    #[serde(default = "d_tls_handshake_timeout")]
+    pub tls_handshake_timeout: Dur,
+}
+
+fn d_tls_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 /// `server.path_escaped_slash`: an encoded `/` or `\` in a path is refused (400), kept
@@ -193,14 +204,9 @@ impl Default for Server {
             path_escaped_slash: EscapedSlash::Reject,
             max_connections_per_ip: 0,
             client_ip_header: ClientIpHeader::XForwardedFor,
+            tls_handshake_timeout: d_tls_handshake_timeout(),
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Listener {
-    pub addr: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -441,6 +447,12 @@ pub struct Route {
     pub methods: Vec<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// TLS server names (SNI) this route answers for; empty: any.
+    #[serde(default)]
+    pub sni: Vec<String>,
+    /// `https` or `http`: only requests over that scheme.
+    #[serde(default)]
+    pub scheme: Option<Scheme>,
     #[serde(default)]
     pub priority: i32,
     #[serde(default)]
@@ -456,6 +468,13 @@ pub struct Route {
     pub max_body: Option<Size>,
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
 }
 
 fn d_paths() -> Vec<String> {

@@ -6,6 +6,7 @@
 
 mod error;
 mod file;
+mod tls;
 mod validate;
 pub mod values;
 

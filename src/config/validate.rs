@@ -91,6 +91,7 @@ fn listeners(f: &File, out: &mut Findings) {
     }
     let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
     for (name, l) in &f.listeners {
+        tls_listener(f, name, l, out);
         let key = format!("listeners.{name}.addr");
         if let Some(a) = socket_addr(&key, &l.addr, out) {
             if let Some((_, other)) = seen.iter().find(|(s, _)| *s == a) {
@@ -112,6 +113,53 @@ fn listeners(f: &File, out: &mut Findings) {
                 ));
             }
         }
+    }
+}
+
+/// What a listener's TLS, HTTP/2 and redirect settings must agree on.
+fn tls_listener(f: &File, name: &str, l: &super::file::Listener, out: &mut Findings) {
+    let key = |k: &str| format!("listeners.{name}.{k}");
+    let mut need_tls = |k: &str, set: bool| {
+        if set && !l.tls {
+            out.push((key(k), "only on a TLS listener (tls = true)".into()));
+        }
+    };
+    need_tls("hsts", l.hsts.is_some());
+    need_tls("client_ca", l.client_ca.is_some());
+    need_tls("ciphers", l.ciphers.is_some());
+    need_tls("http2", l.http2 == Some(true));
+    if l.tls {
+        if f.tls.certificates.is_empty() {
+            out.push((key("tls"), "a TLS listener needs certificates ([tls.certificates.NAME])".into()));
+        }
+        if l.h2c {
+            out.push((
+                key("h2c"),
+                "h2c is HTTP/2 without TLS; on a TLS listener ALPN decides (http2)".into(),
+            ));
+        }
+        if l.redirect_https.is_some() {
+            out.push((key("redirect_https"), "only on a plaintext listener".into()));
+        }
+    }
+    if l.client_cert == super::file::ClientCertMode::Required && l.client_ca.is_none() {
+        out.push((key("client_cert"), "required needs client_ca".into()));
+    }
+    if let Some(r) = &l.redirect_https {
+        if !r.starts_with("https://") || http::HeaderValue::from_str(r).is_err() {
+            out.push((
+                key("redirect_https"),
+                format!("`{r}` is not an https:// URL template ({{host}}, {{uri}})"),
+            ));
+        }
+    }
+    if let Some(h) = &l.hsts {
+        if !h.trim_start().starts_with("max-age=") || http::HeaderValue::from_str(h).is_err() {
+            out.push((key("hsts"), format!("`{h}` is not a Strict-Transport-Security value (max-age=...)")));
+        }
+    }
+    if l.proxy_protocol {
+        out.push((key("proxy_protocol"), "not supported by this build yet".into()));
     }
 }
 
@@ -315,11 +363,16 @@ fn routes(f: &File, out: &mut Findings) {
                 }
             }
         }
-        for (i, h) in r.hosts.iter().enumerate() {
-            let bare = h.strip_prefix("*.").unwrap_or(h);
-            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(':') {
-                out.push((format!("{base}.hosts[{i}]"), format!("`{h}` is not a host name or *.wildcard")));
+        for (field, list) in [("hosts", &r.hosts), ("sni", &r.sni)] {
+            for (i, h) in list.iter().enumerate() {
+                let bare = h.strip_prefix("*.").unwrap_or(h);
+                if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(':') {
+                    out.push((format!("{base}.{field}[{i}]"), format!("`{h}` is not a host name or *.wildcard")));
+                }
             }
+        }
+        if (!r.sni.is_empty() || r.scheme == Some(super::file::Scheme::Https)) && !f.listeners.values().any(|l| l.tls) {
+            out.push((format!("{base}.sni"), "matches TLS requests, and no listener has tls = true".into()));
         }
         for (i, m) in r.methods.iter().enumerate() {
             if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {

@@ -18,17 +18,11 @@ use super::linger;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::{SslDigest, TlsRef};
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora_core::protocols::{Peek, Stream};
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// How the current request's body is framed, and how much of it is left.
 #[derive(Debug, Clone)]
@@ -95,6 +89,21 @@ impl Framed {
 
     pub fn inner_mut(&mut self) -> Option<&mut Stream> {
         self.inner.as_mut()
+    }
+
+    fn io(&self) -> Option<&Stream> {
+        self.inner.as_ref()
+    }
+
+    fn io_mut(&mut self) -> Option<&mut Stream> {
+        self.inner.as_mut()
+    }
+
+    /// From now on every byte goes to Pingora as it comes (`ahead` first): for HTTP/2,
+    /// which Pingora frames itself.
+    pub fn pass_through(&mut self) {
+        self.body = Body::Done;
+        self.after = After::Pass;
     }
 
     /// Starts a request whose header the guard accepted. `prefix` is what was read past
@@ -214,39 +223,7 @@ impl AsyncRead for Framed {
     }
 }
 
-impl AsyncWrite for Framed {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match self.inner.as_mut() {
-            Some(s) => Pin::new(s).poll_write(cx, data),
-            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        match self.inner.as_mut() {
-            Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.as_mut() {
-            Some(s) => Pin::new(s).poll_flush(cx),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.as_mut() {
-            Some(s) => Pin::new(s).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
+super::io::delegate_stream!(Framed);
 
 impl Drop for Framed {
     fn drop(&mut self) {
@@ -258,69 +235,17 @@ impl Drop for Framed {
     }
 }
 
+/// Pingora peeks for the h2c preface after the guard has read it into `ahead`.
 #[async_trait]
-impl Shutdown for Framed {
-    async fn shutdown(&mut self) {
-        if let Some(s) = self.inner.as_mut() {
-            Shutdown::shutdown(&mut **s).await;
+impl Peek for Framed {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.ahead.len() < buf.len() {
+            return Ok(false);
         }
+        buf.copy_from_slice(&self.ahead[..buf.len()]);
+        Ok(true)
     }
 }
-
-impl UniqueID for Framed {
-    fn id(&self) -> UniqueIDType {
-        self.inner.as_ref().map(|s| s.id()).unwrap_or_default()
-    }
-}
-
-impl Ssl for Framed {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.as_ref()?.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.as_ref()?.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.as_ref()?.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for Framed {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.as_ref().map(|s| s.get_timing_digest()).unwrap_or_default()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.as_ref().map(|s| s.get_read_pending_time()).unwrap_or_default()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.as_ref().map(|s| s.get_write_pending_time()).unwrap_or_default()
-    }
-}
-
-impl GetProxyDigest for Framed {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.as_ref()?.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        if let Some(s) = self.inner.as_mut() {
-            s.set_proxy_digest(digest);
-        }
-    }
-}
-
-impl GetSocketDigest for Framed {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.as_ref()?.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        if let Some(s) = self.inner.as_mut() {
-            s.set_socket_digest(digest);
-        }
-    }
-}
-
-/// Peeking is for protocol detection (h2c), which never reaches this stream.
-impl Peek for Framed {}
 
 /// The client's address, for logs and per-address limits.
 pub fn peer_ip(s: &Stream) -> Option<std::net::IpAddr> {

@@ -8,15 +8,18 @@
 //! Pingora parses the same bytes and body data read along with the header is not lost.
 
 use super::check::{check, Limits, Refusal, Verdict};
+use super::entry::{read_preface, tls_handshake, Listeners};
 use super::framed::{peer_ip, Framed};
 use super::reply::refuse;
 use crate::live::Live;
 use crate::metrics::METRICS;
+use crate::tls::CertResolver;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
+use pingora_core::protocols::ALPN;
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::future::Future;
@@ -29,6 +32,9 @@ pub struct HeaderGuard<A> {
     pub inner: Arc<A>,
     pub limits: Limits,
     pub live: Arc<Live>,
+    pub listeners: Arc<Listeners>,
+    pub certs: Arc<CertResolver>,
+    pub tls_handshake_timeout: std::time::Duration,
 }
 
 /// The keep-alive idle timer of one connection, armed lazily and kept across requests:
@@ -173,6 +179,7 @@ impl<A> HeaderGuard<A> {
                 consumer: None,
                 rejection: Some(reason),
                 error: None,
+                tls: None,
             });
         }
         super::linger::run(stream).await;
@@ -189,11 +196,30 @@ impl<A> HeaderGuard<A> {
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let opts = self.inner.server_options();
-        // TLS (ALPN decides), h2c and custom protocols are Pingora's to dispatch.
-        if stream.get_ssl_digest().is_some() || opts.is_some_and(|o| o.h2c || o.force_custom) {
-            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        let listener = self.listeners.of_stream(&stream).clone();
+        let mut stream = match &listener.tls {
+            Some(acceptor) => tls_handshake(acceptor, stream, &self.certs, self.tls_handshake_timeout).await?,
+            None => stream,
+        };
+        // HTTP/2 (ALPN, or h2c prior knowledge) is Pingora's to run, once its preface is
+        // here: neither Pingora's h2c peek nor its h2 handshake has a deadline of its own.
+        let alpn_h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let mut ahead = BytesMut::new();
+        if alpn_h2 || listener.h2c {
+            ahead.reserve(64);
+            match read_preface(&mut stream, &mut ahead, self.limits.header_timeout).await? {
+                true => {
+                    let mut framed = Framed::new(stream, self.limits.max_header_size);
+                    framed.ahead = ahead;
+                    framed.pass_through();
+                    return ServerApp::process_new(&self.inner, Box::new(framed), shutdown).await;
+                }
+                // ALPN said h2 and the client speaks something else.
+                false if alpn_h2 => return None,
+                false => {}
+            }
         }
+        let opts = self.inner.server_options();
         let limit = opts.and_then(|o| o.keepalive_request_limit);
         let mut persistent: Option<HttpPersistentSettings> = None;
         let mut idle = IdleTimer::default();
@@ -201,6 +227,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         // One allocation per connection; the box goes to Pingora as the session's stream
         // and comes back with each reused connection.
         let mut framed = Box::new(Framed::new(stream, self.limits.max_header_size));
+        framed.ahead = ahead;
         let mut wait = Wait::First;
         loop {
             let accepted = self.pre_read(&mut framed, wait, &mut idle, &mut watch).await?;

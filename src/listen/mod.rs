@@ -13,13 +13,30 @@
 mod check;
 mod chunked;
 mod connections;
+mod entry;
 mod framed;
 mod header;
+mod io;
 mod linger;
 mod reply;
 
 pub use check::{check, valid_authority, Limits, Refusal, Verdict, MAX_HEADERS_CEILING};
 pub use chunked::{Chunked, FramingError};
 pub use connections::Connections;
+pub use entry::{ListenerRt, Listeners};
 pub use framed::{is_framing_error, After, Body};
 pub use header::HeaderGuard;
+
+/// HTTP/2 settings for downstream connections: Pingora's bounded defaults (64 KiB header
+/// list, 100 concurrent streams), the header list also held to `max_header_size`, and the
+/// h2 crate's rapid-reset and reset-storm budgets kept tight (CVE-2023-44487). CONTINUATION
+/// floods are bounded by the header list size (h2 >= 0.4.4 counts CONTINUATION frames
+/// against it).
+pub fn h2_options(s: &crate::config::Server) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut o = pingora_core::protocols::http::v2::server::default_h2_options();
+    o.max_header_list_size((s.max_header_size.0 as u32).min(64 * 1024));
+    o.max_concurrent_streams(100);
+    o.max_pending_accept_reset_streams(20);
+    o.max_local_error_reset_streams(Some(256));
+    o
+}

@@ -29,6 +29,8 @@ pub struct Ctx {
     /// Body limit for this request (route's, else the server's) and bytes seen so far.
     pub max_body: u64,
     pub body_bytes: u64,
+    /// The connection's TLS, when it has one (version, cipher, and `tls::TlsInfo`).
+    pub tls: Option<Arc<pingora_core::protocols::tls::SslDigest>>,
 }
 
 /// What happened on the upstream side.
@@ -68,11 +70,17 @@ impl Ctx {
             cache_status: None,
             max_body: u64::MAX,
             body_bytes: 0,
+            tls: None,
         }
     }
 
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map(|r| &*r.name).unwrap_or("")
+    }
+
+    /// What the TLS handshake told (SNI, client certificate), when there was one.
+    pub fn tls_info(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls.as_ref()?.extension.get::<crate::tls::TlsInfo>()
     }
 }
 

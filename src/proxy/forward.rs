@@ -197,15 +197,18 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
             .as_ref()
             .is_some_and(|s| s.file.server.client_ip_header == ClientIpHeader::Forwarded);
         if forwarded_mode {
+            let https = ctx.tls.is_some();
             let fwd = chain_then(h.map(), &header::FORWARDED, ctx.peer_trusted, |out| {
-                push_forwarded(out, ctx.peer_ip)
+                push_forwarded(out, ctx.peer_ip);
+                out.extend_from_slice(if https { b";proto=https" } else { b";proto=http" });
             })?;
             h.set(&header::FORWARDED, fwd)?;
         } else if !ctx.peer_trusted && h.map().contains_key(header::FORWARDED) {
             h.remove(&header::FORWARDED);
         }
         if !(ctx.peer_trusted && h.map().contains_key(&X_FORWARDED_PROTO)) {
-            h.set(&X_FORWARDED_PROTO, http::HeaderValue::from_static("http"))?;
+            let proto = if ctx.tls.is_some() { "https" } else { "http" };
+            h.set(&X_FORWARDED_PROTO, http::HeaderValue::from_static(proto))?;
         }
         if !(ctx.peer_trusted && h.map().contains_key(&X_FORWARDED_HOST)) {
             match original_host {

@@ -12,6 +12,7 @@ mod chain;
 pub mod ctx;
 mod forward;
 pub mod identity;
+mod listener;
 mod observe;
 mod target;
 
@@ -28,6 +29,8 @@ use std::time::Instant;
 
 pub struct Gateway {
     pub live: Arc<Live>,
+    /// What each listener adds to its requests (scheme, HSTS, the HTTPS redirect).
+    pub listeners: Arc<crate::listen::Listeners>,
 }
 
 #[async_trait]
@@ -44,6 +47,7 @@ impl ProxyHttp for Gateway {
         // bound that idle time on every request.
         session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
         forward::identify(session, ctx, &snap);
+        let on = listener::note(session, ctx, &self.listeners);
         if let target::Settled::Answer(a, reason) = target::settle(session.req_header_mut(), snap.file.server.path_escaped_slash) {
             ctx.error = Some(reason);
             ctx.snapshot = Some(snap);
@@ -51,10 +55,20 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
+        if let Some(a) = listener::redirect(session, ctx, on) {
+            ctx.error = Some("https_redirect");
+            ctx.snapshot = Some(snap);
+            answer::write(session, ctx, a, false).await;
+            return Ok(true);
+        }
         let found = {
             let req = session.req_header();
             let host = crate::router::request_host(&req.headers, &req.uri);
-            snap.router.find(host, &req.method, req.uri.path(), &req.headers).map(|m| {
+            let conn = crate::router::Conn {
+                sni: ctx.tls_info().and_then(|i| i.sni.as_deref()),
+                https: ctx.tls.is_some(),
+            };
+            snap.router.find(host, &req.method, req.uri.path(), &req.headers, conn).map(|m| {
                 let strip = if m.route.strip_prefix {
                     m.path.strip_len(req.uri.path())
                 } else {

@@ -52,6 +52,15 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 consumer: ctx.plugin.consumer_name(),
                 rejection: ctx.plugin.rejection.or(ctx.error),
                 error: err_text,
+                tls: ctx.tls.as_ref().map(|t| {
+                    let info = ctx.tls_info();
+                    crate::access_log::TlsFields {
+                        version: &t.version,
+                        alpn: if req.version == http::Version::HTTP_2 { "h2" } else { "http/1.1" },
+                        sni: info.and_then(|i| i.sni.as_deref()),
+                        client_subject: info.and_then(|i| i.client_subject.as_deref()),
+                    }
+                }),
             });
         }
     }

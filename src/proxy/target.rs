@@ -38,6 +38,14 @@ pub fn settle(req: &mut RequestHeader, slash: EscapedSlash) -> Settled {
     if normal.is_none() && req.uri.authority().is_none() {
         return Settled::Route;
     }
+    // HTTP/2 names the host in `:authority` only; it becomes the Host header, which routing,
+    // logs and HTTP/1 upstreams read. (On HTTP/1 the guard has checked that an
+    // absolute-form target and Host agree.)
+    if !req.headers.contains_key(http::header::HOST) {
+        if let Some(a) = req.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            let _ = req.insert_header(http::header::HOST, a);
+        }
+    }
     let path = normal.as_deref().unwrap_or(req.uri.path());
     let target = match req.uri.query() {
         Some(q) => format!("{path}?{q}"),

@@ -6,6 +6,7 @@ pub mod client;
 pub mod gateway;
 pub mod load;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 pub use client::{get, request, Response};

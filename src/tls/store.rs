@@ -1,0 +1,144 @@
+//! The certificates of the live config, chosen per handshake by SNI: exact name, then a
+//! wildcard one label up, then the default; an unknown name without a default fails the
+//! handshake. The store is part of the config snapshot, so a reload (new files, renewed
+//! certificates) swaps it atomically: handshakes already running finish with the old one.
+
+use super::certs::{name_string, LoadedCert};
+use crate::config::File;
+use crate::live::Live;
+use async_trait::async_trait;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
+use pingora_core::tls::ext;
+use pingora_core::tls::ssl::NameType;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<LoadedCert>>,
+    /// `*.example.org` stored under `example.org`.
+    wildcard: HashMap<String, Arc<LoadedCert>>,
+    default: Option<Arc<LoadedCert>>,
+    pub certs: Vec<Arc<LoadedCert>>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl CertStore {
+    /// Every problem as (key path, reason).
+    pub fn build(file: &File) -> Result<CertStore, Vec<(String, String)>> {
+        let mut store = CertStore::default();
+        let mut errors = Vec::new();
+        let now = now_unix();
+        for (name, c) in &file.tls.certificates {
+            let base = format!("tls.certificates.{name}");
+            let cert = match LoadedCert::load(name, c, now) {
+                Ok(cert) => Arc::new(cert),
+                Err((field, reason)) => {
+                    errors.push((format!("{base}.{field}"), reason));
+                    continue;
+                }
+            };
+            if cert.default {
+                if let Some(other) = &store.default {
+                    errors.push((
+                        format!("{base}.default"),
+                        format!("tls.certificates.{} is already the default", other.name),
+                    ));
+                }
+                store.default = Some(cert.clone());
+            }
+            for h in &cert.hosts {
+                let (map, key) = match h.strip_prefix("*.") {
+                    Some(parent) => (&mut store.wildcard, parent.to_string()),
+                    None => (&mut store.exact, h.clone()),
+                };
+                if let Some(other) = map.insert(key, cert.clone()) {
+                    errors.push((
+                        format!("{base}.hosts"),
+                        format!("`{h}` is also served by tls.certificates.{}", other.name),
+                    ));
+                }
+            }
+            store.certs.push(cert);
+        }
+        if errors.is_empty() {
+            Ok(store)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<LoadedCert>> {
+        if let Some(name) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) {
+            if let Some(c) = self.exact.get(&name) {
+                return Some(c);
+            }
+            if let Some(c) = name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)) {
+                return Some(c);
+            }
+        }
+        self.default.as_ref()
+    }
+}
+
+/// What a finished handshake tells the HTTP layer (in the session's `SslDigest`).
+#[derive(Debug, Default)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    /// The client certificate's subject (`CN=...,O=...`) and SHA-256 fingerprint (lower-case
+    /// hex of the leaf's DER), when one was presented.
+    pub client_subject: Option<String>,
+    pub client_fingerprint: Option<String>,
+    /// Presented and verified against the listener's `client_ca`.
+    pub client_verified: bool,
+}
+
+/// Pingora's TLS callbacks over the live config's certificates.
+pub struct CertResolver {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl TlsAccept for CertResolver {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let snap = self.live.load();
+        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        let Some(c) = snap.certs.select(sni.as_deref()) else {
+            log::debug!("tls: no certificate for SNI {sni:?}; the handshake fails");
+            return;
+        };
+        let set = ext::ssl_use_certificate(ssl, &c.leaf)
+            .and_then(|_| ext::ssl_use_private_key(ssl, &c.key))
+            .and_then(|_| c.chain.iter().try_for_each(|x| ext::ssl_add_chain_cert(ssl, x)));
+        if let Err(e) = set {
+            log::error!("tls: cannot use certificate {}: {e}", c.name);
+        }
+    }
+
+    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        let peer = ssl.peer_certificate();
+        let info = TlsInfo {
+            sni: ssl.servername(NameType::HOST_NAME).map(str::to_ascii_lowercase),
+            client_subject: peer.as_ref().map(|c| name_string(c.subject_name())),
+            client_fingerprint: peer.as_ref().and_then(|c| {
+                c.digest(pingora_core::tls::hash::MessageDigest::sha256())
+                    .ok()
+                    .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            }),
+            client_verified: peer.is_some() && ssl.verify_result() == pingora_core::tls::x509::X509VerifyResult::OK,
+        };
+        Some(Arc::new(info))
+    }
+}
