@@ -71,6 +71,8 @@ pub fn credentials(c: &config::ConsumerCfg) -> Credentials {
         keys: c.keys.iter().map(|k| k.value.clone()).collect(),
         basic_auth: c.basic_auth.as_ref().map(|b| (b.username.clone(), b.password_hash.clone())),
         jwt_subject: c.jwt_subject.clone(),
+        client_cert_subject: c.client_cert_subject.clone(),
+        client_cert_fingerprint: c.client_cert_fingerprint.clone(),
     }
 }
 

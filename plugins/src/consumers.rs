@@ -40,6 +40,33 @@ pub struct Credentials {
     pub keys: Vec<String>,
     pub basic_auth: Option<(String, String)>,
     pub jwt_subject: Option<String>,
+    /// A client certificate's subject, RFC 4514 (`CN=partner-gw,O=Partner`).
+    pub client_cert_subject: Option<String>,
+    /// `sha256:` and 64 lower-case hex digits of the leaf certificate's DER.
+    pub client_cert_fingerprint: Option<String>,
+}
+
+/// A subject in one canonical spelling: attribute types upper-case, no spaces around `=`
+/// and `,` (values with escaped commas are not supported).
+pub fn canonical_subject(s: &str) -> String {
+    s.split(',')
+        .map(|rdn| match rdn.split_once('=') {
+            Some((k, v)) => format!("{}={}", k.trim().to_ascii_uppercase(), v.trim()),
+            None => rdn.trim().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A fingerprint setting's digest, or why it is not one.
+pub fn parse_fingerprint(s: &str) -> Result<String, String> {
+    let hex = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("`{s}` must be sha256:<64 hex digits>"))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{s}` must be sha256:<64 hex digits>"));
+    }
+    Ok(hex.to_ascii_lowercase())
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +77,9 @@ pub struct Consumers {
     by_key: HashMap<[u8; 32], Arc<Consumer>>,
     by_username: HashMap<String, (Arc<Consumer>, String)>,
     by_subject: HashMap<String, Arc<Consumer>>,
+    by_cert_subject: HashMap<String, Arc<Consumer>>,
+    /// Lower-case hex SHA-256 of the certificate's DER.
+    by_cert_fingerprint: HashMap<String, Arc<Consumer>>,
 }
 
 pub fn key_digest(key: &[u8]) -> [u8; 32] {
@@ -79,6 +109,17 @@ impl Consumers {
                 return Err(format!("jwt_subject: `{s}` belongs to another consumer"));
             }
         }
+        if let Some(s) = &creds.client_cert_subject {
+            if self.by_cert_subject.insert(canonical_subject(s), c.clone()).is_some() {
+                return Err(format!("client_cert_subject: `{s}` belongs to another consumer"));
+            }
+        }
+        if let Some(f) = &creds.client_cert_fingerprint {
+            let hex = parse_fingerprint(f).map_err(|e| format!("client_cert_fingerprint: {e}"))?;
+            if self.by_cert_fingerprint.insert(hex, c.clone()).is_some() {
+                return Err(format!("client_cert_fingerprint: `{f}` belongs to another consumer"));
+            }
+        }
         self.by_name.insert(name.to_string(), c);
         Ok(())
     }
@@ -98,6 +139,13 @@ impl Consumers {
 
     pub fn by_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
         self.by_subject.get(subject)
+    }
+
+    /// The consumer of a verified client certificate: by fingerprint first, then subject.
+    pub fn by_client_cert(&self, cert: &crate::ClientCert) -> Option<&Arc<Consumer>> {
+        self.by_cert_fingerprint
+            .get(&cert.fingerprint)
+            .or_else(|| self.by_cert_subject.get(&canonical_subject(&cert.subject)))
     }
 
     pub fn len(&self) -> usize {

@@ -31,6 +31,19 @@ pub struct PluginCtx {
     /// Held until the request is completely finished (concurrency slots): dropping the
     /// context, on any path, releases them.
     pub guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// The certificate the client presented in the TLS handshake, if any.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// A client certificate as the TLS handshake saw it.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// RFC 4514 (`CN=partner-gw,O=Partner`).
+    pub subject: String,
+    /// Lower-case hex SHA-256 of the leaf's DER.
+    pub fingerprint: String,
+    /// It verified against the listener's `client_ca`.
+    pub verified: bool,
 }
 
 impl PluginCtx {
@@ -47,6 +60,7 @@ impl PluginCtx {
             response_headers: Vec::new(),
             plans: NO_PLANS.clone(),
             guards: Vec::new(),
+            client_cert: None,
         }
     }
 

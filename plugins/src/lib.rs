@@ -19,6 +19,7 @@ pub mod jwt_auth;
 pub mod key_auth;
 pub mod limits;
 pub mod metrics;
+pub mod mtls_auth;
 mod plugin;
 pub mod respond;
 pub mod secret;
@@ -26,7 +27,7 @@ pub mod store;
 pub mod util;
 
 pub use answer::Answer;
-pub use context::PluginCtx;
+pub use context::{ClientCert, PluginCtx};
 pub use plugin::{Flow, Plugin, Priority};
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub const KNOWN: &[&str] = &[
     key_auth::NAME,
     basic_auth::NAME,
     jwt_auth::NAME,
+    mtls_auth::NAME,
     acl::NAME,
     ip_restriction::NAME,
     forward_auth::NAME,
@@ -74,6 +76,7 @@ pub fn build(name: &str, value: &toml::Value) -> Result<Arc<dyn Plugin>, PluginE
         key_auth::NAME => Ok(Arc::new(key_auth::KeyAuth::from_config(parse(value)?)?)),
         basic_auth::NAME => Ok(Arc::new(basic_auth::BasicAuth::from_config(parse(value)?)?)),
         jwt_auth::NAME => Ok(Arc::new(jwt_auth::JwtAuth::from_config(parse(value)?)?)),
+        mtls_auth::NAME => Ok(Arc::new(mtls_auth::MtlsAuth::from_config(parse(value)?)?)),
         acl::NAME => Ok(Arc::new(acl::Acl::from_config(parse(value)?)?)),
         ip_restriction::NAME => Ok(Arc::new(ip_restriction::IpRestriction::from_config(parse(value)?)?)),
         forward_auth::NAME => Ok(Arc::new(forward_auth::ForwardAuth::from_config(parse(value)?)?)),

@@ -501,6 +501,12 @@ pub struct ConsumerCfg {
     pub basic_auth: Option<BasicAuthCfg>,
     #[serde(default)]
     pub jwt_subject: Option<String>,
+    /// The verified client certificate subject (RFC 4514) that means this consumer.
+    #[serde(default)]
+    pub client_cert_subject: Option<String>,
+    /// `sha256:<64 hex digits>` of the client certificate's DER.
+    #[serde(default)]
+    pub client_cert_fingerprint: Option<String>,
     #[serde(default)]
     pub plan: Option<String>,
 }

@@ -17,6 +17,7 @@ pub fn note<'a>(session: &Session, ctx: &mut Ctx, listeners: &'a Listeners) -> &
     });
     let listener = listeners.of(local);
     ctx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
+    ctx.plugin.client_cert = ctx.tls_info().and_then(|i| i.client.clone());
     if let (Some(h), true) = (&listener.hsts, ctx.tls.is_some()) {
         ctx.plugin
             .response_headers

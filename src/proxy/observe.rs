@@ -58,7 +58,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                         version: &t.version,
                         alpn: if req.version == http::Version::HTTP_2 { "h2" } else { "http/1.1" },
                         sni: info.and_then(|i| i.sni.as_deref()),
-                        client_subject: info.and_then(|i| i.client_subject.as_deref()),
+                        client_subject: info.and_then(|i| i.client.as_ref()).map(|c| c.subject.as_str()),
                     }
                 }),
             });

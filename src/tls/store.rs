@@ -7,6 +7,7 @@ use super::certs::{name_string, LoadedCert};
 use crate::config::File;
 use crate::live::Live;
 use async_trait::async_trait;
+use gatehouse_plugins::ClientCert;
 use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::tls::ext;
@@ -97,12 +98,8 @@ impl CertStore {
 #[derive(Debug, Default)]
 pub struct TlsInfo {
     pub sni: Option<String>,
-    /// The client certificate's subject (`CN=...,O=...`) and SHA-256 fingerprint (lower-case
-    /// hex of the leaf's DER), when one was presented.
-    pub client_subject: Option<String>,
-    pub client_fingerprint: Option<String>,
-    /// Presented and verified against the listener's `client_ca`.
-    pub client_verified: bool,
+    /// The client certificate, when one was presented (verified or not).
+    pub client: Option<Arc<ClientCert>>,
 }
 
 /// Pingora's TLS callbacks over the live config's certificates.
@@ -128,16 +125,19 @@ impl TlsAccept for CertResolver {
     }
 
     async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        let peer = ssl.peer_certificate();
+        let client = ssl.peer_certificate().map(|c| {
+            Arc::new(ClientCert {
+                subject: name_string(c.subject_name()),
+                fingerprint: c
+                    .digest(pingora_core::tls::hash::MessageDigest::sha256())
+                    .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+                    .unwrap_or_default(),
+                verified: ssl.verify_result() == pingora_core::tls::x509::X509VerifyResult::OK,
+            })
+        });
         let info = TlsInfo {
             sni: ssl.servername(NameType::HOST_NAME).map(str::to_ascii_lowercase),
-            client_subject: peer.as_ref().map(|c| name_string(c.subject_name())),
-            client_fingerprint: peer.as_ref().and_then(|c| {
-                c.digest(pingora_core::tls::hash::MessageDigest::sha256())
-                    .ok()
-                    .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
-            }),
-            client_verified: peer.is_some() && ssl.verify_result() == pingora_core::tls::x509::X509VerifyResult::OK,
+            client,
         };
         Some(Arc::new(info))
     }

@@ -67,11 +67,13 @@ impl Ca {
         }
     }
 
-    /// A client certificate (`CN=cn,O=org`) signed by this CA.
+    /// A client certificate, subject `CN=cn,O=org` (RFC 4514 order), signed by this CA.
     pub fn client(&self, dir: &Path, file: &str, cn: &str, org: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        // X.509 order O, then CN: RFC 4514 writes it `CN=...,O=...`.
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, org);
+        params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert_pem = params.signed_by(&key, &issuer).unwrap().pem();
@@ -109,6 +111,13 @@ pub struct Tls {
     pub cn: String,
     pub serial: String,
     pub version: String,
+}
+
+/// The SHA-256 fingerprint of a PEM certificate, as `client_cert_fingerprint` takes it.
+pub fn fingerprint(pem: &str) -> String {
+    let c = openssl::x509::X509::from_pem(pem.as_bytes()).unwrap();
+    let d = c.digest(openssl::hash::MessageDigest::sha256()).unwrap();
+    format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 pub fn connect(addr: &str, h: &Hello<'_>) -> Result<Tls, String> {
