@@ -77,7 +77,7 @@ fn a_verified_certificate_names_its_consumer_on_an_optional_listener() {
     let partner = clients.client(&dir, "partner", "partner-gw", "Partner");
     let ops = clients.client(&dir, "ops", "ops-tool", "Us");
     let forged = other_ca.client(&dir, "forged", "partner-gw", "Partner");
-    let (gw, https) = gateway(&up, &dir, &clients, &server_ca, "optional", &fingerprint(&ops.cert_pem));
+    let (_gw, https) = gateway(&up, &dir, &clients, &server_ca, "optional", &fingerprint(&ops.cert_pem));
 
     let (_, r) = get(&https, &hello(Some(&partner)), "/partner", &[("x-consumer", "admin")]).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);

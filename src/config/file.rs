@@ -323,6 +323,39 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// TLS to the targets.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name sent as SNI and verified in the targets' certificates.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the targets' certificates (default true with `tls`).
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// CA certificates (`file:` or PEM) to verify the targets with, instead of the system's.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// A client certificate (PEM chain) and key for mTLS to the targets.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// HTTP/2 to the targets: ALPN h2 with TLS, prior knowledge (h2c) without.
+    #[serde(default)]
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 upstream connection.
+    #[serde(default = "d_max_streams")]
+    pub max_streams: usize,
+}
+
+fn d_max_streams() -> usize {
+    100
+}
+
+impl Upstream {
+    pub fn verify(&self) -> bool {
+        self.verify.unwrap_or(true)
+    }
 }
 
 /// Passive outlier detection per target.

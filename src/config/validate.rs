@@ -223,6 +223,28 @@ fn upstreams(f: &File, out: &mut Findings) {
             }
             _ => {}
         }
+        if u.tls && u.verify() && u.sni.as_deref().is_none_or(str::is_empty) {
+            out.push((
+                format!("{base}.sni"),
+                "required with tls = true: it is the name verified in the certificate (without one Pingora would not verify)".into(),
+            ));
+        }
+        for (k, set) in [
+            ("sni", u.sni.is_some()),
+            ("ca", u.ca.is_some()),
+            ("client_cert", u.client_cert.is_some()),
+            ("verify", u.verify.is_some()),
+        ] {
+            if set && !u.tls {
+                out.push((format!("{base}.{k}"), "only with tls = true".into()));
+            }
+        }
+        if u.client_cert.is_some() != u.client_key.is_some() {
+            out.push((format!("{base}.client_key"), "client_cert and client_key go together".into()));
+        }
+        if u.max_streams == 0 {
+            out.push((format!("{base}.max_streams"), "must be at least 1".into()));
+        }
         if let Some(cb) = &u.circuit_breaker {
             let ck = format!("{base}.circuit_breaker");
             if cb.consecutive_failures == 0 {

@@ -33,7 +33,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     if let Some(snap) = ctx.snapshot.as_ref() {
         if snap.access_log.enabled() {
             let host = crate::router::request_host(&req.headers, &req.uri);
-            let err_text = e.map(|e| e.etype().as_str());
+            let err_text = e.map(error_text);
             snap.access_log.write(&Line {
                 time: std::time::SystemTime::now(),
                 request_id: &ctx.plugin.request_id,
@@ -81,6 +81,17 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
 /// Errors the target caused: it refused or timed out a connection, reset or timed out the
 /// exchange, or answered with something unreadable. Not: the client going away, a body
 /// the gateway refused (413, malformed framing), the gateway's own errors.
+/// A certificate that does not verify is named on its own: it is a configuration mistake or
+/// an attack, not an outage, and operators alert on it differently.
+fn error_text(e: &Error) -> &'static str {
+    use pingora_error::{ErrorSource, ErrorType};
+    match (e.etype(), e.esource()) {
+        (ErrorType::InvalidCert, ErrorSource::Upstream) => "upstream certificate",
+        (ErrorType::TLSHandshakeFailure, ErrorSource::Upstream) => "upstream tls handshake",
+        (t, _) => t.as_str(),
+    }
+}
+
 pub fn target_caused(e: &pingora_error::Error) -> bool {
     matches!(e.esource(), pingora_error::ErrorSource::Upstream) && !crate::listen::is_framing_error(e.root_cause())
 }

@@ -2,6 +2,7 @@
 //! of the *live* snapshot each tick. Clusters added by a reload are picked up, removed ones
 //! stop being checked, and reused ones keep their state, with no task to hand over.
 
+use super::tls::PeerTls;
 use super::Cluster;
 use crate::config::{CheckKind, HealthCheck};
 use crate::live::Live;
@@ -13,6 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection a check talks HTTP over: plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 pub struct HealthChecker {
     pub live: Arc<Live>,
@@ -48,7 +53,8 @@ impl BackgroundService for HealthChecker {
                     let hc = hc.clone();
                     tokio::spawn(async move {
                         let t = &c.targets[idx];
-                        let ok = probe(t.addr, &t.name, &hc).await;
+                        let host = t.host_header.to_str().unwrap_or(&t.name).to_string();
+                        let ok = probe(t.addr, &host, &hc, c.tls.as_ref()).await;
                         t.record_check(&c.name, ok, &hc);
                     });
                 }
@@ -59,10 +65,20 @@ impl BackgroundService for HealthChecker {
 }
 
 /// One check, bounded by the check's timeout. HTTP checks send a minimal GET and read the
-/// status line; anything unexpected counts as a failure.
-pub async fn probe(addr: std::net::SocketAddr, host: &str, hc: &HealthCheck) -> bool {
+/// status line; anything unexpected counts as a failure. TLS targets are checked over TLS,
+/// verified as requests are (a certificate that stops verifying takes a target out).
+pub async fn probe(addr: std::net::SocketAddr, host: &str, hc: &HealthCheck, tls: Option<&PeerTls>) -> bool {
     let check = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        let mut s: Box<dyn Io> = match tls {
+            Some(t) => {
+                let ssl = t.connector.configure().ok()?.into_ssl(&t.sni).ok()?;
+                let mut s = pingora_core::tls::tokio_ssl::SslStream::new(ssl, tcp).ok()?;
+                std::pin::Pin::new(&mut s).connect().await.ok()?;
+                Box::new(s)
+            }
+            None => Box::new(tcp),
+        };
         if hc.kind == CheckKind::Tcp {
             return Some(true);
         }

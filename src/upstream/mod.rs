@@ -5,6 +5,7 @@
 
 mod balance;
 pub mod health;
+mod tls;
 
 use crate::config::{self, Balance};
 use crate::metrics::METRICS;
@@ -131,6 +132,8 @@ pub struct Cluster {
     cursor: AtomicUsize,
     pub retries: u32,
     pub duration: Histogram,
+    /// TLS to the targets, for the health checker's connections.
+    pub tls: Option<tls::PeerTls>,
 }
 
 impl Cluster {
@@ -138,10 +141,15 @@ impl Cluster {
     /// health, streaks and ejection (a reload must not readmit a target the health checks
     /// or the breaker took out).
     pub fn new(name: &str, cfg: &config::Upstream, prev: Option<&Cluster>) -> Result<Cluster, String> {
+        let peer_tls = tls::PeerTls::new(cfg)?;
         let mut targets = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let addr: SocketAddr = t.addr().parse().map_err(|_| format!("`{}` is not an IP:port address", t.addr()))?;
-            let mut peer = HttpPeer::new(addr, false, String::new());
+            let mut peer = HttpPeer::new(addr, cfg.tls, String::new());
+            if let Some(t) = &peer_tls {
+                t.apply(&mut peer);
+            }
+            tls::apply_http2(cfg, &mut peer);
             let o = &mut peer.options;
             o.connection_timeout = Some(cfg.connect_timeout.0);
             o.read_timeout = Some(cfg.read_timeout.0);
@@ -165,8 +173,11 @@ impl Cluster {
                 fail_streak: AtomicU32::new(0),
                 in_flight: AtomicUsize::new(0),
                 peer,
-                host_header: http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(t.addr().as_bytes()))
-                    .map_err(|_| format!("`{}` is not usable as a Host header", t.addr()))?,
+                // Over TLS the target is the name it is verified as; otherwise its address.
+                host_header: http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                    cfg.sni.as_deref().filter(|_| cfg.tls).unwrap_or(t.addr()).as_bytes(),
+                ))
+                .map_err(|_| format!("`{}` is not usable as a Host header", t.addr()))?,
                 healthy_gauge: gauge,
             });
             if let Some(old) = prev.and_then(|p| p.targets.iter().find(|o| o.addr == addr)) {
@@ -186,6 +197,7 @@ impl Cluster {
             targets,
             retries: cfg.retries,
             duration: METRICS.upstream_duration.with_label_values(&[name]),
+            tls: peer_tls,
         })
     }
 
