@@ -48,6 +48,14 @@ impl ProxyHttp for Gateway {
         session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
         forward::identify(session, ctx, &snap);
         let on = listener::note(session, ctx, &self.listeners);
+        if session.req_header().version == http::Version::HTTP_2 {
+            if let Some((a, reason)) = target::h2_limits(session.req_header(), &snap.file.server) {
+                ctx.error = Some(reason);
+                ctx.snapshot = Some(snap);
+                answer::write(session, ctx, a, false).await;
+                return Ok(true);
+            }
+        }
         if let target::Settled::Answer(a, reason) = target::settle(session.req_header_mut(), snap.file.server.path_escaped_slash) {
             ctx.error = Some(reason);
             ctx.snapshot = Some(snap);

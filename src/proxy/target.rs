@@ -59,3 +59,24 @@ pub fn settle(req: &mut RequestHeader, slash: EscapedSlash) -> Settled {
         Err(_) => Settled::Answer(Answer::error(400, "invalid request target"), "bad_path"),
     }
 }
+
+/// HTTP/2 requests never pass the header guard's HTTP/1 parser: the h2 settings bound the
+/// header list's bytes, and this applies the guard's other limits (field count, URI length)
+/// with the same answers, so a client cannot pick the protocol that skips a rule.
+pub fn h2_limits(req: &RequestHeader, s: &crate::config::Server) -> Option<(Answer, &'static str)> {
+    if req.headers.len() > s.max_headers {
+        return Some((Answer::error(431, "too many request header fields"), "too_many_headers"));
+    }
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > s.max_uri.0 as usize {
+        return Some((Answer::error(414, "request URI is too long"), "uri_too_long"));
+    }
+    // RFC 9113 8.3.1: a Host that names another authority than `:authority` is malformed;
+    // letting either one win would split routing from what the upstream sees.
+    if let (Some(a), Some(h)) = (req.uri.authority(), req.headers.get(http::header::HOST)) {
+        if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
+            return Some((Answer::error(400, "Host does not match :authority"), "host_mismatch"));
+        }
+    }
+    None
+}
