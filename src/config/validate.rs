@@ -158,8 +158,12 @@ fn tls_listener(f: &File, name: &str, l: &super::file::Listener, out: &mut Findi
             out.push((key("hsts"), format!("`{h}` is not a Strict-Transport-Security value (max-age=...)")));
         }
     }
-    if l.proxy_protocol {
-        out.push((key("proxy_protocol"), "not supported by this build yet".into()));
+    if l.proxy_protocol && f.server.trusted_proxies.is_empty() {
+        out.push((
+            key("proxy_protocol"),
+            "needs server.trusted_proxies: the header is believed only from those peers, and with none every connection would be refused"
+                .into(),
+        ));
     }
 }
 

@@ -26,6 +26,8 @@ pub struct ListenerRt {
     pub addr: SocketAddr,
     pub tls: Option<SslAcceptor>,
     pub h2c: bool,
+    /// A PROXY protocol header comes first (from `trusted_proxies` only).
+    pub proxy_protocol: bool,
     /// `Strict-Transport-Security` for every answer (TLS listeners).
     pub hsts: Option<http::HeaderValue>,
     /// The 308 target template (`https://{host}:8443{uri}`) of a plaintext listener.
@@ -58,6 +60,7 @@ impl Listeners {
                 addr,
                 tls,
                 h2c: l.h2c,
+                proxy_protocol: l.proxy_protocol,
                 hsts,
                 redirect_https: l.redirect_https.clone(),
             }));
@@ -73,6 +76,7 @@ impl Listeners {
                 addr,
                 tls: None,
                 h2c: false,
+                proxy_protocol: false,
                 hsts: None,
                 redirect_https: None,
             })],

@@ -154,6 +154,26 @@ impl<A> HeaderGuard<A> {
         }
     }
 
+    /// Takes the PROXY protocol header off a connection from a trusted load balancer and
+    /// makes its client the peer. `None`: refused (counted), the connection is closed.
+    async fn proxy_header(&self, stream: &mut Stream) -> Option<()> {
+        let trusted = peer_ip(stream).is_some_and(|ip| self.live.load().is_trusted(ip));
+        let read = match trusted {
+            true => super::proxy_protocol::read(stream, self.limits.header_timeout).await,
+            false => Err("proxy_protocol_untrusted"),
+        };
+        match read {
+            Ok(Some(client)) => super::proxy_protocol::set_peer(stream, client),
+            Ok(None) => {}
+            Err(reason) => {
+                log::debug!("connection refused before HTTP: {reason}");
+                METRICS.rejections.with_label_values(&["_none", reason]).inc();
+                return None;
+            }
+        }
+        Some(())
+    }
+
     /// Answers a refused header, logs it, and closes the connection lingering.
     async fn reject(&self, framed: &mut Framed, Refusal(status, text, message, reason): Refusal) {
         METRICS.rejections.with_label_values(&["_none", reason]).inc();
@@ -197,6 +217,10 @@ impl<A> HeaderGuard<A> {
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let listener = self.listeners.of_stream(&stream).clone();
+        let mut stream = stream;
+        if listener.proxy_protocol {
+            self.proxy_header(&mut stream).await?;
+        }
         let mut stream = match &listener.tls {
             Some(acceptor) => tls_handshake(acceptor, stream, &self.certs, self.tls_handshake_timeout).await?,
             None => stream,

@@ -18,6 +18,7 @@ mod framed;
 mod header;
 mod io;
 mod linger;
+mod proxy_protocol;
 mod reply;
 
 pub use check::{check, valid_authority, Limits, Refusal, Verdict, MAX_HEADERS_CEILING};

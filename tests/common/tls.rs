@@ -121,6 +121,12 @@ pub fn fingerprint(pem: &str) -> String {
 }
 
 pub fn connect(addr: &str, h: &Hello<'_>) -> Result<Tls, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    connect_over(tcp, h)
+}
+
+/// The handshake on a connection the test opened itself (after a PROXY header, say).
+pub fn connect_over(tcp: TcpStream, h: &Hello<'_>) -> Result<Tls, String> {
     let mut b = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
     match h.ca {
         Some(pem) => {
@@ -144,7 +150,6 @@ pub fn connect(addr: &str, h: &Hello<'_>) -> Result<Tls, String> {
         b.set_alpn_protos(a).map_err(|e| e.to_string())?;
     }
     let conn = b.build();
-    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut cfg = conn.configure().map_err(|e| e.to_string())?;
     if h.ca.is_none() {
