@@ -2,6 +2,7 @@
 //! it runs, and what the tests reach into.
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod cache;
 pub mod config;

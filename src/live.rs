@@ -30,6 +30,8 @@ pub struct Live {
     boot: config::File,
     /// Serializes reloads (SIGHUP, admin, file watch) and holds what /status reports.
     status: Mutex<ReloadStatus>,
+    /// The ACME certificate and open challenges (outside the snapshot: reloads keep them).
+    pub acme: Arc<crate::acme::AcmeState>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,8 +47,9 @@ impl Live {
         Ok(Live {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(snap),
-            boot: file,
             status: Mutex::new(ReloadStatus::default()),
+            acme: Arc::new(crate::acme::AcmeState::new(file.tls.acme.is_some())),
+            boot: file,
         })
     }
 
@@ -131,6 +134,9 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
     }
     if boot.store != new.store {
         out.push("store".to_string());
+    }
+    if boot.tls.acme != new.tls.acme {
+        out.push("tls.acme".to_string());
     }
     if boot.admin.as_ref().map(|a| &a.addr) != new.admin.as_ref().map(|a| &a.addr) {
         out.push("admin.addr".to_string());

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub panics: IntCounter,
     pub cert_expiry: IntGaugeVec,
+    pub acme_orders: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub cache_bytes: IntGauge,
     pub cache_objects: IntGauge,
@@ -163,6 +164,14 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
                 &["cert"],
             )
             .expect("static gauge definition"),
+        ),
+        acme_orders: reg(
+            &r,
+            c(
+                "gatehouse_acme_orders_total",
+                "ACME certificate orders (first issue and renewals) by result: ok, error.",
+                &["result"],
+            ),
         ),
         cache_requests: reg(
             &r,

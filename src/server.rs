@@ -134,6 +134,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
         server.add_service(svc);
     }
     server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
+    server.add_service(background_service("acme", crate::acme::AcmeWorker { live: live.clone() }));
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));
     let privileges = (file.server.user.is_some() || file.server.group.is_some()).then(|| {
         let mut addrs: Vec<String> = file.listeners.values().map(|l| l.addr.clone()).collect();

@@ -176,7 +176,7 @@ impl Admin {
             "reload": self.live.status(),
             "routes": routes,
             "clusters": clusters,
-            "certificates": snap.certs.certs.iter().map(|c| json!({
+            "certificates": snap.certs.certs.iter().chain(self.live.acme.cert().as_ref()).map(|c| json!({
                 "name": c.name,
                 "hosts": c.hosts,
                 "issuer": c.issuer,

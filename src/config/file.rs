@@ -1,7 +1,7 @@
 //! The file as written by users. `deny_unknown_fields` everywhere: a typo is an error, not
 //! a silently ignored setting. `PartialEq` lets a reload tell what changed.
 
-pub use super::tls::{CertCfg, ClientCertMode, Listener, Tls, TlsVersion};
+pub use super::tls::{AcmeCfg, AcmeChallenge, CertCfg, ClientCertMode, Listener, Tls, TlsVersion};
 use super::values::{Cidr, Dur, Secret, Size};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -69,6 +69,36 @@ pub enum ClientCertMode {
 pub struct Tls {
     #[serde(default)]
     pub certificates: BTreeMap<String, CertCfg>,
+    #[serde(default)]
+    pub acme: Option<AcmeCfg>,
+}
+
+/// Certificates issued and renewed by an ACME CA (HTTP-01 on a plaintext listener).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeCfg {
+    pub directory: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    pub storage: String,
+    #[serde(default = "d_renew_before")]
+    pub renew_before: super::values::Dur,
+    #[serde(default)]
+    pub directory_ca: Option<String>,
+}
+
+fn d_renew_before() -> super::values::Dur {
+    super::values::Dur(std::time::Duration::from_secs(30 * 86_400))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -11,6 +11,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     let mut out = Findings::new();
     server(f, &mut out);
     listeners(f, &mut out);
+    acme(f, &mut out);
     admin(f, &mut out);
     log(f, &mut out);
     upstreams(f, &mut out);
@@ -129,8 +130,11 @@ fn tls_listener(f: &File, name: &str, l: &super::file::Listener, out: &mut Findi
     need_tls("ciphers", l.ciphers.is_some());
     need_tls("http2", l.http2 == Some(true));
     if l.tls {
-        if f.tls.certificates.is_empty() {
-            out.push((key("tls"), "a TLS listener needs certificates ([tls.certificates.NAME])".into()));
+        if f.tls.certificates.is_empty() && f.tls.acme.is_none() {
+            out.push((
+                key("tls"),
+                "a TLS listener needs certificates ([tls.certificates.NAME] or [tls.acme])".into(),
+            ));
         }
         if l.h2c {
             out.push((
@@ -164,6 +168,51 @@ fn tls_listener(f: &File, name: &str, l: &super::file::Listener, out: &mut Findi
             "needs server.trusted_proxies: the header is believed only from those peers, and with none every connection would be refused"
                 .into(),
         ));
+    }
+}
+
+/// ACME needs somewhere to answer HTTP-01 and somewhere to keep what it was issued; its
+/// names must not also be served by a configured certificate (which one would win?).
+fn acme(f: &File, out: &mut Findings) {
+    let Some(a) = &f.tls.acme else { return };
+    if !(a.directory.starts_with("https://") || a.directory.starts_with("http://")) {
+        out.push(("tls.acme.directory".into(), format!("`{}` is not an http(s) URL", a.directory)));
+    }
+    if a.hosts.is_empty() {
+        out.push((
+            "tls.acme.hosts".into(),
+            "name at least one host to request a certificate for".into(),
+        ));
+    }
+    for h in &a.hosts {
+        if h.starts_with("*.") {
+            out.push((
+                "tls.acme.hosts".into(),
+                format!("`{h}`: a wildcard needs DNS-01, and only http-01 is offered"),
+            ));
+        }
+        let served = f
+            .tls
+            .certificates
+            .iter()
+            .find(|(_, c)| c.hosts.iter().any(|x| x.eq_ignore_ascii_case(h)));
+        if let Some((name, _)) = served {
+            out.push(("tls.acme.hosts".into(), format!("`{h}` is also served by tls.certificates.{name}")));
+        }
+    }
+    absolute("tls.acme.storage", &a.storage, out);
+    if !f.listeners.values().any(|l| !l.tls) {
+        out.push((
+            "tls.acme.challenge".into(),
+            "http-01 is answered on a plaintext listener, and there is none".into(),
+        ));
+    }
+    if let Some(ca) = &a.directory_ca {
+        match ca.strip_prefix("file:") {
+            Some(path) if std::path::Path::new(path).is_file() => {}
+            Some(path) => out.push(("tls.acme.directory_ca".into(), format!("`{path}` is not a readable file"))),
+            None => out.push(("tls.acme.directory_ca".into(), "give the CA as file:/path/to/ca.pem".into())),
+        }
     }
 }
 

@@ -63,6 +63,15 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
+        // HTTP-01: the CA asks on port 80, before any redirect to HTTPS (RFC 8555 8.3).
+        if self.live.acme.active && ctx.tls.is_none() {
+            if let Some(key_authorization) = self.live.acme.answer(session.req_header().uri.path()) {
+                ctx.snapshot = Some(snap);
+                let a = gatehouse_plugins::Answer::new(200, "application/octet-stream", key_authorization);
+                answer::write(session, ctx, a, false).await;
+                return Ok(true);
+            }
+        }
         if let Some(a) = listener::redirect(session, ctx, on) {
             ctx.error = Some("https_redirect");
             ctx.snapshot = Some(snap);

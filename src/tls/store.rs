@@ -81,10 +81,15 @@ impl CertStore {
         self.certs.is_empty()
     }
 
-    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<LoadedCert>> {
+    /// `acme`: the ACME certificate, whose names come after the exact names configured
+    /// (the config refuses a name in both) and before wildcards.
+    pub fn select<'a>(&'a self, sni: Option<&str>, acme: Option<&'a Arc<LoadedCert>>) -> Option<&'a Arc<LoadedCert>> {
         if let Some(name) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) {
             if let Some(c) = self.exact.get(&name) {
                 return Some(c);
+            }
+            if let Some(a) = acme.filter(|a| a.hosts.contains(&name)) {
+                return Some(a);
             }
             if let Some(c) = name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)) {
                 return Some(c);
@@ -112,7 +117,8 @@ impl TlsAccept for CertResolver {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let snap = self.live.load();
         let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
-        let Some(c) = snap.certs.select(sni.as_deref()) else {
+        let acme = self.live.acme.cert();
+        let Some(c) = snap.certs.select(sni.as_deref(), acme.as_ref()) else {
             log::debug!("tls: no certificate for SNI {sni:?}; the handshake fails");
             return;
         };
