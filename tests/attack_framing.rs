@@ -262,3 +262,25 @@ fn upgraded_bytes_skip_the_body_limit_and_the_breaker() {
     assert_eq!(status["clusters"]["u"]["targets"][0]["ejected"], false, "{status}");
     assert_eq!(status["clusters"]["u"]["targets"][0]["ejections"], 0, "{status}");
 }
+
+#[test]
+fn an_http10_connection_closes_after_its_answer_unless_it_asks_to_stay() {
+    let up = Upstream::start("u");
+    let gw = gateway(&up.addr, "keepalive_timeout = \"30s\"", "");
+    // Without keep-alive: the answer, then the close (not the 30 s keep-alive wait its
+    // client would hang on; tools such as `openssl s_time` read until the close).
+    let mut t = connect(&gw, 5);
+    t.write_all(b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    t.read_to_end(&mut all).expect("closed before the 5 s read timeout");
+    assert!(all.starts_with(b"HTTP/1."), "{}", String::from_utf8_lossy(&all));
+    // With keep-alive: a second request on the same connection.
+    let mut t = connect(&gw, 5);
+    t.write_all(b"GET /b HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut t).unwrap().status, 200);
+    t.write_all(b"GET /c HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut t).unwrap().status, 200);
+    assert_eq!(up.count(), 3);
+}

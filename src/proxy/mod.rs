@@ -45,7 +45,11 @@ impl ProxyHttp for Gateway {
         let snap = self.live.load();
         // Pingora makes reused HTTP/1.1 connections wait forever for their next request;
         // bound that idle time on every request.
-        session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
+        // (Pingora's setter keeps an explicit `Connection: close`, but would turn an HTTP/1.0
+        // request without `keep-alive` into a kept connection its client waits on.)
+        if http10_keepalive(session.req_header()) {
+            session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
+        }
         forward::identify(session, ctx, &snap);
         let on = listener::note(session, ctx, &self.listeners);
         if session.req_header().version == http::Version::HTTP_2 {
@@ -351,6 +355,17 @@ impl ProxyHttp for Gateway {
         // is not worth an error line.
         matches!(error.esource(), ErrorSource::Downstream)
     }
+}
+
+/// Whether the connection may stay open after this request as far as HTTP/1.0 goes: an
+/// HTTP/1.0 request keeps it only with `Connection: keep-alive` (RFC 9112 9.3).
+fn http10_keepalive(req: &RequestHeader) -> bool {
+    req.version != http::Version::HTTP_10
+        || req.headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+        })
 }
 
 /// Maps a proxy failure to the status the client gets.
