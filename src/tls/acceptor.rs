@@ -23,6 +23,10 @@ pub fn acceptor(l: &Listener) -> Result<SslAcceptor, (&'static str, String)> {
         b.set_cipher_list(c)
             .map_err(|e| ("ciphers", format!("not an OpenSSL cipher list: {e}")))?;
     }
+    // Resumption (session tickets, and the session cache for TLS 1.2) stays on, as OpenSSL
+    // has it; a session id context is what OpenSSL needs to resume sessions whose client
+    // certificate was verified, and without it those resumptions fail the handshake.
+    b.set_session_id_context(b"gatehouse").map_err(|e| ("tls", e.to_string()))?;
     let protos = if l.http2() { H2_H1 } else { H1 };
     b.set_alpn_select_callback(move |_, client| select_next_proto(protos, client).ok_or(AlpnError::NOACK));
     if let Some(ca) = &l.client_ca {
