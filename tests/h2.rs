@@ -253,11 +253,16 @@ fn rapid_reset_and_continuation_floods_end_the_attackers_connection_and_spare_ot
             assert_eq!(curl_h2(&s, "/normal", &[]), "200 2", "{mode}");
         }
         let r = attack.join().unwrap();
-        // Undefended, the flood runs its 3 s (python sends ~20k frames a second). The GOAWAY
-        // itself can be lost: the server closes while frames are still arriving, and the
-        // reset that follows discards what the attacker had not read yet.
+        // Undefended, the flood runs until the client's own 3 s timer stops it. How many frames
+        // get out first is not a measure: tiny CONTINUATION frames fill the kernel's socket
+        // buffers by the ten thousand before the server reads any. The GOAWAY itself can be
+        // lost: the server closes while frames are still arriving, and the reset that follows
+        // discards what the attacker had not read yet.
         assert_eq!(r["closed"], true, "{mode} on {addr}: the flooding connection was ended: {r}");
-        assert!(r["sent"].as_u64().unwrap() < 10_000, "{mode} on {addr}: ended early: {r}");
+        assert_eq!(
+            r["during"], true,
+            "{mode} on {addr}: ended by the server, not the flood's timer: {r}"
+        );
         assert!(r["goaway"].is_null() || r["goaway"] == 11, "{mode}: GOAWAY ENHANCE_YOUR_CALM: {r}");
     }
     assert_eq!(curl_h2(&s, "/after", &[]), "200 2");
