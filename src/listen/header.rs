@@ -236,7 +236,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
                     let mut framed = Framed::new(stream, self.limits.max_header_size);
                     framed.ahead = ahead;
                     framed.pass_through();
-                    return ServerApp::process_new(&self.inner, Box::new(framed), shutdown).await;
+                    let stream = Box::new(super::coalesce::Coalesce::new(Box::new(framed)));
+                    return ServerApp::process_new(&self.inner, stream, shutdown).await;
                 }
                 // ALPN said h2 and the client speaks something else.
                 false if alpn_h2 => return None,

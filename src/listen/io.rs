@@ -2,7 +2,7 @@
 //! raw stream under TLS) pass straight to the socket: writes, shutdown, ids and digests.
 //! A type uses it with `fn io(&self) -> Option<&Stream>` and `fn io_mut(&mut self)`.
 
-macro_rules! delegate_stream {
+macro_rules! delegate_write {
     ($t:ty) => {
         impl tokio::io::AsyncWrite for $t {
             fn poll_write(
@@ -45,7 +45,11 @@ macro_rules! delegate_stream {
                 }
             }
         }
+    };
+}
 
+macro_rules! delegate_shutdown {
+    ($t:ty) => {
         #[async_trait::async_trait]
         impl pingora_core::protocols::Shutdown for $t {
             async fn shutdown(&mut self) {
@@ -54,7 +58,12 @@ macro_rules! delegate_stream {
                 }
             }
         }
+    };
+}
 
+/// Everything but writing and shutdown: identity, TLS facts, digests.
+macro_rules! delegate_meta {
+    ($t:ty) => {
         impl pingora_core::protocols::UniqueID for $t {
             fn id(&self) -> pingora_core::protocols::UniqueIDType {
                 self.io().map(|s| s.id()).unwrap_or_default()
@@ -109,4 +118,13 @@ macro_rules! delegate_stream {
     };
 }
 
-pub(crate) use delegate_stream;
+/// Every IO trait Pingora needs, delegated to `io()`/`io_mut()`.
+macro_rules! delegate_stream {
+    ($t:ty) => {
+        super::io::delegate_write!($t);
+        super::io::delegate_shutdown!($t);
+        super::io::delegate_meta!($t);
+    };
+}
+
+pub(crate) use {delegate_meta, delegate_shutdown, delegate_stream, delegate_write};

@@ -12,6 +12,7 @@
 
 mod check;
 mod chunked;
+mod coalesce;
 mod connections;
 mod entry;
 mod framed;
