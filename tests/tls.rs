@@ -397,7 +397,14 @@ fn a_stalled_handshake_is_cut_and_costs_others_nothing() {
         }
     }
     assert!(started.elapsed() < Duration::from_secs(8));
-    assert!(s.gw.metric(r#"gatehouse_rejections_total{reason="tls_handshake_timeout",route="_none"}"#) >= 200.0);
+    let metrics = s.gw.admin_get("/metrics").body;
+    let timeouts =
+        s.gw.metric(r#"gatehouse_rejections_total{reason="tls_handshake_timeout",route="_none"}"#);
+    assert!(
+        timeouts >= 200.0,
+        "{timeouts} handshake timeouts counted: {}",
+        metrics.lines().filter(|l| l.contains("rejections")).collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[test]
