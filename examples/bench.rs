@@ -15,7 +15,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "benchkit/mod.rs"]
+mod benchkit;
+use benchkit::*;
+#[path = "benchkit/variants.rs"]
+mod variants;
+use variants::*;
 
 struct Opts {
     smoke: bool,
@@ -104,95 +111,6 @@ fn opts() -> Opts {
     o
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-fn wait_port(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn pinned(cpus: &str, program: &str) -> Command {
-    let mut c = Command::new("taskset");
-    c.arg("-c").arg(cpus).arg(program);
-    c
-}
-
-fn spawn(mut cmd: Command, log: &Path) -> Child {
-    let f = std::fs::File::create(log).expect("log file");
-    let f2 = f.try_clone().expect("log file");
-    cmd.stdout(Stdio::from(f))
-        .stderr(Stdio::from(f2))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
-}
-
-/// This pid and every descendant (nginx forks its worker).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
-                    out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
-                }
-            }
-        }
-        i += 1;
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// utime+stime in clock ticks, summed over the process tree.
-fn cpu_ticks(pid: u32) -> u64 {
-    process_tree(pid)
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum()
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    process_tree(pid)
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum::<u64>()
-        * 1024
-}
-
-fn clk_tck() -> f64 {
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
 struct Row {
     name: String,
     what: String,
@@ -214,22 +132,6 @@ struct Sample {
     p99_ms: f64,
     errors: u64,
     rss: u64,
-}
-
-fn parse_latency(v: &str) -> f64 {
-    let v = v.trim();
-    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (v, 1.0)
-    };
-    num.parse::<f64>().unwrap_or(f64::NAN) * mult
 }
 
 fn run_wrk(o: &Opts, row: &Row, secs: u64) -> Sample {
@@ -336,109 +238,6 @@ fn k6_capacity(o: &Opts, rows: &[Row], summary: &BTreeMap<String, Value>, mut ra
         rate = rate * 3 / 5;
     }
     rate.max(500)
-}
-
-fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, variant: &str, redis: Option<u16>) -> PathBuf {
-    let access = if variant == "G0" {
-        "off".to_string()
-    } else {
-        dir.join(format!("access-{variant}.log")).display().to_string()
-    };
-    let metrics = variant != "G0";
-    let mut plugins = String::new();
-    let mut extra = String::new();
-    match variant {
-        "G4" | "GR" => {
-            plugins.push_str("[routes.bench.plugins.key_auth]\n");
-            let store = if variant == "GR" { "redis" } else { "local" };
-            plugins.push_str(&format!(
-                "[routes.bench.plugins.rate_limit]\nrequests = 100000000\nper = \"1s\"\nkey = \"consumer\"\nstore = \"{store}\"\n"
-            ));
-            extra.push_str("[consumers.bench]\nkeys = [\"bench-key-0001\"]\n");
-        }
-        "GK" => {
-            plugins.push_str("[routes.bench.plugins.key_auth]\n");
-            extra.push_str("[consumers.bench]\nkeys = [\"bench-key-0001\"]\n");
-        }
-        "GJ" => {
-            plugins.push_str(&format!(
-                "[routes.bench.plugins.jwt_auth]\nkeys = [{{ kid = \"bench\", alg = \"ES256\", pem = \"file:{}\" }}]\nalgorithms = [\"ES256\"]\n",
-                dir.join("jwt-ec.pub.pem").display()
-            ));
-        }
-        "GJR" => {
-            plugins.push_str(&format!(
-                "[routes.bench.plugins.jwt_auth]\nkeys = [{{ kid = \"bench\", alg = \"RS256\", pem = \"file:{}\" }}]\nalgorithms = [\"RS256\"]\n",
-                dir.join("jwt-rsa.pub.pem").display()
-            ));
-        }
-        "GC" => {
-            plugins.push_str("[routes.bench.plugins.cache]\ndefault_ttl = \"1h\"\n");
-            extra.push_str("[cache]\nmemory = \"64MiB\"\n");
-        }
-        _ => {}
-    }
-    if let Some(r) = redis {
-        extra.push_str(&format!(
-            "[store]\npath = \"{}\"\nredis = \"redis://127.0.0.1:{r}/0\"\ntimeout = \"50ms\"\n",
-            dir.join(format!("store-{variant}")).display()
-        ));
-    } else if variant == "G4" {
-        extra.push_str(&format!("[store]\npath = \"{}\"\n", dir.join(format!("store-{variant}")).display()));
-    }
-    let text = format!(
-        r#"[server]
-threads = 1
-pid_file = "{dir}/gh-{variant}.pid"
-upgrade_sock = "{dir}/gh-{variant}.sock"
-# Like the nginx rows (keepalive_requests 1000000) and bare Pingora (no limit).
-keepalive_requests = 1000000
-
-[listeners.public]
-addr = "127.0.0.1:{port}"
-
-[admin]
-addr = "127.0.0.1:{admin}"
-
-[metrics]
-enabled = {metrics}
-
-[log]
-access = "{access}"
-level = "warn"
-
-[upstreams.bench]
-targets = ["127.0.0.1:{upstream}"]
-
-[routes.bench]
-paths = ["/"]
-upstream = "bench"
-{plugins}
-{extra}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join(format!("gatehouse-{variant}.toml"));
-    std::fs::write(&path, text).expect("write gatehouse config");
-    path
-}
-
-fn describe(name: &str) -> &'static str {
-    match name {
-        "D" => "wrk straight to the upstream",
-        "N" => "nginx reverse proxy (1 worker, upstream keepalive)",
-        "P" => "bare Pingora 0.9 proxy (the floor)",
-        "PM" => "P with Gatehouse's allocator (mimalloc)",
-        "G0" => "Gatehouse, one route, no plugins, metrics and access log off",
-        "G1" => "G0 + metrics + access log to a file",
-        "G4" => "G1 + key auth + local rate limit (never rejects)",
-        "GK" => "G1 + key auth",
-        "GJ" => "G1 + JWT ES256",
-        "GJR" => "G1 + JWT RS256",
-        "GR" => "G4 with the rate limit in Redis",
-        "GC" => "G1 + cache, every request a hit",
-        _ => "",
-    }
 }
 
 fn main() {
@@ -722,31 +521,6 @@ fn main() {
     }
 }
 
-fn stop(c: &mut Child) {
-    unsafe {
-        libc::kill(c.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
-fn raise_fd_limit() {
-    unsafe {
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
 /// RSS idle, then holding `n` idle keep-alive connections that each made one request.
 fn memory_test(pid: u32, port: u16, n: usize) -> Value {
     let idle = rss_bytes(pid);
@@ -792,122 +566,6 @@ fn memory_test(pid: u32, port: u16, n: usize) -> Value {
     json!({ "idle_rss_bytes": idle, "connections": conns.len(), "failed": failed, "rss_with_connections_bytes": held, "bytes_per_connection": per })
 }
 
-fn start_redis(dir: &Path) -> Option<(Child, u16)> {
-    let port = free_port();
-    let mut c = Command::new("redis-server");
-    c.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-    ])
-    .arg(dir);
-    let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
-    wait_port(port).then_some((child, port))
-}
-
-/// An EC P-256 key pair made with openssl and an ES256 token signed with it. The bench
-/// avoids a JWT dependency of its own; the gateway verifies with its real library.
-fn jwt_material(dir: &Path, rsa: bool) -> Option<String> {
-    let (key, public) = if rsa {
-        (dir.join("jwt-rsa.pem"), dir.join("jwt-rsa.pub.pem"))
-    } else {
-        (dir.join("jwt-ec.pem"), dir.join("jwt-ec.pub.pem"))
-    };
-    let made = if rsa {
-        Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&key)
-            .arg("2048")
-            .stderr(Stdio::null())
-            .status()
-            .ok()?
-            .success()
-    } else {
-        Command::new("openssl")
-            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
-            .arg(&key)
-            .status()
-            .ok()?
-            .success()
-    };
-    let ok = made
-        && Command::new("openssl")
-            .args([if rsa { "rsa" } else { "ec" }, "-in"])
-            .arg(&key)
-            .args(["-pubout", "-out"])
-            .arg(&public)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?
-            .success();
-    if !ok {
-        return None;
-    }
-    let b64 = |b: &[u8]| -> String {
-        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut s = String::new();
-        for c in b.chunks(3) {
-            let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..=c.len() {
-                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        s
-    };
-    let header = if rsa {
-        b64(br#"{"alg":"RS256","typ":"JWT","kid":"bench"}"#)
-    } else {
-        b64(br#"{"alg":"ES256","typ":"JWT","kid":"bench"}"#)
-    };
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() + 86400;
-    let claims = b64(format!(r#"{{"sub":"bench","exp":{exp}}}"#).as_bytes());
-    let input = format!("{header}.{claims}");
-    std::fs::write(dir.join("jwt-input"), &input).ok()?;
-    let der = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(&key)
-        .arg(dir.join("jwt-input"))
-        .output()
-        .ok()?
-        .stdout;
-    if rsa {
-        // RS256's JWS signature is the raw PKCS#1 v1.5 signature.
-        return Some(format!("{input}.{}", b64(&der)));
-    }
-    // DER ECDSA signature -> raw r||s (32 bytes each) as JWS wants.
-    let (r, s) = parse_der_sig(&der)?;
-    let mut raw = vec![0u8; 64];
-    raw[32 - r.len()..32].copy_from_slice(r);
-    raw[64 - s.len()..].copy_from_slice(s);
-    Some(format!("{input}.{}", b64(&raw)))
-}
-
-fn parse_der_sig(d: &[u8]) -> Option<(&[u8], &[u8])> {
-    if d.first()? != &0x30 {
-        return None;
-    }
-    let mut i = 2;
-    let int = |i: &mut usize| -> Option<&[u8]> {
-        if d.get(*i)? != &0x02 {
-            return None;
-        }
-        let len = *d.get(*i + 1)? as usize;
-        let v = d.get(*i + 2..*i + 2 + len)?;
-        *i += 2 + len;
-        let v = if v.len() > 32 { &v[v.len() - 32..] } else { v };
-        Some(v)
-    };
-    let r = int(&mut i)?;
-    let s = int(&mut i)?;
-    Some((r, s))
-}
-
 fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<&Value>) -> String {
     let mut t = String::new();
     t.push_str("| row | what | req/s | CPU µs/req | x N | x P | x PM | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n");
@@ -950,28 +608,6 @@ fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<
         ));
     }
     t
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cores} cores, {cpu}")
-}
-
-fn commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 fn write_results_md(path: &Path, report: &Value, table: &str) {
