@@ -48,6 +48,11 @@ fn valid_config_passes_and_shipped_configs_pass() {
     for e in std::fs::read_dir(format!("{root}/conf/examples")).unwrap() {
         files.push(e.unwrap().path().display().to_string());
     }
+    // The TLS example names certificate files under /etc/gatehouse: made here instead.
+    let tls_example = tls_example_with_certificates(&format!("{root}/conf/examples/tls.toml"));
+    for f in files.iter_mut().filter(|f| f.ends_with("/tls.toml")) {
+        *f = tls_example.display().to_string();
+    }
     for f in files.iter().filter(|f| f.ends_with(".toml")) {
         let out = Command::new(Gateway::bin())
             .arg("-t")
@@ -59,6 +64,32 @@ fn valid_config_passes_and_shipped_configs_pass() {
             .unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// conf/examples/tls.toml with every file it names made (valid certificates and keys) in a
+/// test directory.
+fn tls_example_with_certificates(example: &str) -> std::path::PathBuf {
+    use common::tls::Ca;
+    let dir = common::gateway::test_dir();
+    let (site_ca, clients, internal) = (Ca::new("site CA"), Ca::new("clients CA"), Ca::new("internal CA"));
+    let copy = |from: &std::path::Path, to: &str| std::fs::copy(from, dir.join(to)).map(|_| ()).unwrap();
+    let example_org = site_ca.leaf(&dir, "example", &["example.org", "*.example.org"], -1, 90);
+    copy(&example_org.cert, "example.org.crt");
+    copy(&example_org.key, "example.org.key");
+    let legacy = site_ca.leaf(&dir, "legacy", &["legacy.example.net"], -1, 90);
+    copy(&legacy.cert, "legacy.example.net.crt");
+    copy(&legacy.key, "legacy.example.net.key");
+    let gw = internal.client(&dir, "gw-client", "gatehouse", "Edge");
+    copy(&gw.cert, "gw.crt");
+    copy(&gw.key, "gw.key");
+    clients.write(&dir, "clients-ca.pem");
+    internal.write(&dir, "internal-ca.pem");
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("/etc/gatehouse/", &format!("{}/", dir.display()));
+    let path = dir.join("tls.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 #[test]
