@@ -201,3 +201,62 @@ fn upstream_tls_settings_are_checked_at_load() {
         assert!(err.contains(&format!("u.toml: {key}")), "{key}: {err}");
     }
 }
+
+/// nghttpd (nghttp2's server) on 127.0.0.1: it speaks HTTP/2 only, so a 200 through the
+/// gateway means the gateway spoke h2 to it.
+struct Nghttpd(std::process::Child, String);
+
+impl Drop for Nghttpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nghttpd(dir: &std::path::Path, tls: Option<&Leaf>) -> Nghttpd {
+    let docs = dir.join("htdocs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("hello.txt"), "over h2").unwrap();
+    let port = common::free_port().to_string();
+    let mut cmd = std::process::Command::new("nghttpd");
+    cmd.args(["-a", "127.0.0.1", "-d"]).arg(&docs);
+    match tls {
+        None => cmd.args(["--no-tls", &port]),
+        Some(leaf) => cmd.arg(&port).arg(&leaf.key).arg(&leaf.cert),
+    };
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nghttpd (scripts/setup installs nghttp2-server)");
+    let addr = format!("127.0.0.1:{port}");
+    wait_until(Duration::from_secs(10), "nghttpd listening", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    Nghttpd(child, addr)
+}
+
+#[test]
+fn http2_upstreams_speak_h2_by_alpn_with_tls_and_by_prior_knowledge_without() {
+    let dir = common::gateway::test_dir();
+    let ca = Ca::new("internal CA");
+    let site = ca.leaf(&dir, "grpc", &["grpc.internal"], -1, 30);
+    let ca_file = ca.write(&dir, "ca.pem");
+    let tls_server = nghttpd(&dir, Some(&site));
+    let plain_server = nghttpd(&dir, None);
+    let tls = format!(
+        "tls = true\nsni = \"grpc.internal\"\nca = \"file:{}\"\nretries = 0\n",
+        ca_file.display()
+    );
+    for (what, server, settings) in [("ALPN h2", &tls_server, tls.as_str()), ("h2c", &plain_server, "retries = 0\n")] {
+        // HTTP/1.1 to an h2-only server fails: the control that shows the 200 below is h2.
+        let gw = gateway(&format!("[upstreams.o]\ntargets = [\"{}\"]\n{settings}", server.1));
+        assert_eq!(gw.get("/hello.txt").status, 502, "{what}: HTTP/1.1 to nghttpd");
+        drop(gw);
+        let gw = gateway(&format!("[upstreams.o]\ntargets = [\"{}\"]\n{settings}http2 = true\n", server.1));
+        for _ in 0..3 {
+            let r = gw.get("/hello.txt");
+            assert_eq!((r.status, r.body.as_str()), (200, "over h2"), "{what}");
+        }
+    }
+}
