@@ -456,7 +456,13 @@ fn https_facts_reach_the_upstream_the_log_and_the_router() {
     let dir = common::gateway::test_dir();
     let ca = Ca::new("ca");
     let certs = certs_toml(&dir, &ca, true);
-    let s = start(&up, ca, &certs, "hsts = \"max-age=31536000; includeSubDomains\"", "");
+    let s = start(
+        &up,
+        ca,
+        &certs,
+        "hsts = \"max-age=31536000; includeSubDomains\"",
+        "client_ip_header = \"forwarded\"",
+    );
     let h = Hello {
         sni: Some("a.test"),
         ..Default::default()
@@ -465,10 +471,20 @@ fn https_facts_reach_the_upstream_the_log_and_the_router() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000; includeSubDomains"));
     assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+    let fwd = up.last().header("forwarded").map(str::to_string);
+    assert!(
+        fwd.as_deref().is_some_and(|f| f.ends_with(";proto=https")),
+        "Forwarded over TLS: {fwd:?}"
+    );
     // Plaintext: no HSTS, proto http.
     let r = s.gw.get("/x");
     assert_eq!(r.header("strict-transport-security"), None);
     assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
+    let fwd = up.last().header("forwarded").map(str::to_string);
+    assert!(
+        fwd.as_deref().is_some_and(|f| f.ends_with(";proto=http")),
+        "Forwarded in plaintext: {fwd:?}"
+    );
     // A route for one SNI over HTTPS only.
     let b = Hello {
         sni: Some("b.test"),
