@@ -236,6 +236,33 @@ fn closed(s: &mut impl Read) -> bool {
 }
 
 #[test]
+fn h2_bodies_ending_in_an_empty_data_frame_reach_an_http1_upstream_intact() {
+    let up = Upstream::start("u");
+    let s = start(&up);
+    for (addr, tls) in [(s.https.clone(), true), (s.h2c.clone(), false)] {
+        up.reset();
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h2_flood.py"));
+        cmd.args(["empty-final-data", &addr]);
+        if tls {
+            cmd.args(["--tls", "a.test"]);
+        }
+        let out = cmd.output().expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(r["statuses"], serde_json::json!(["200", "200", "200"]), "{addr}");
+        // Each body whole, and no stray terminator read by the upstream as a request.
+        let got: Vec<(String, Vec<u8>)> = up.recorded().into_iter().map(|r| (r.path, r.body)).collect();
+        let want: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("/upload/{i}"), b"hello".to_vec())).collect();
+        assert_eq!(got, want, "{addr}");
+    }
+    // The pooled upstream connection still carries ordinary requests.
+    for _ in 0..3 {
+        assert_eq!(curl_h2(&s, "/after", &[]), "200 2");
+    }
+}
+
+#[test]
 fn rapid_reset_and_continuation_floods_end_the_attackers_connection_and_spare_others() {
     let up = Upstream::start("u");
     let s = start(&up);

@@ -161,9 +161,15 @@ impl ProxyHttp for Gateway {
     ///
     /// After a 101 the bytes are the upgraded protocol's (WebSocket frames), not a body:
     /// no body limit applies to them.
-    async fn request_body_filter(&self, session: &mut Session, body: &mut Option<bytes::Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+    async fn request_body_filter(&self, session: &mut Session, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) -> Result<()> {
         if session.was_upgraded() {
             return Ok(());
+        }
+        // An h2 stream may end with an empty DATA frame; passed on, Pingora writes it to a
+        // chunked HTTP/1 upstream as a last chunk and then finishes the body with another, and
+        // the upstream reads the second as the start of a request (pingora#935).
+        if end && body.as_ref().is_some_and(|b| b.is_empty()) {
+            *body = None;
         }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
