@@ -140,14 +140,7 @@ upstream = "u"
 /// The serial of the certificate served for `sni` (verification off: pebble's root is
 /// made fresh each run), or why the handshake failed.
 fn served(s: &Setup, sni: &str) -> Result<String, String> {
-    connect(
-        &s.https,
-        &Hello {
-            sni: Some(sni),
-            ..Default::default()
-        },
-    )
-    .map(|t| t.serial)
+    connect(&s.https, &Hello::sni(sni)).map(|t| t.serial)
 }
 
 fn stored_serial(s: &Setup) -> String {
@@ -225,16 +218,7 @@ fn a_short_lived_certificate_is_renewed_under_load_without_a_failed_handshake() 
     assert!(acme_orders(&s, "ok") >= 2.0);
     assert_eq!(acme_orders(&s, "error"), 0.0);
     // HTTPS requests on the renewed certificate reach the upstream.
-    let (_, r) = common::tls::get(
-        &s.https,
-        &Hello {
-            sni: Some("acme.test"),
-            ..Default::default()
-        },
-        "/renewed",
-        &[],
-    )
-    .unwrap();
+    let (_, r) = common::tls::get(&s.https, &Hello::sni("acme.test"), "/renewed", &[]).unwrap();
     assert_eq!(r.status, 200);
     drop(ca);
 }

@@ -158,14 +158,7 @@ fn a_trusted_balancers_header_sets_the_client_ip_for_every_decision() {
     // Before TLS: the header, then the handshake, on the same connection.
     let mut t = from("127.0.0.2", &s.lb_tls);
     t.write_all(&v2("203.0.113.8:5000", Command::Proxy)).unwrap();
-    let mut tls = connect_over(
-        t,
-        &Hello {
-            sni: Some("a.test"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut tls = connect_over(t, &Hello::sni("a.test")).unwrap();
     tls.stream
         .write_all(b"GET /tls HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         .unwrap();

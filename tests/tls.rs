@@ -101,14 +101,7 @@ fn certificates_by_sni_exact_wildcard_default_and_none() {
     assert_eq!(with_sni(&s, "x.wild.test").unwrap(), "a.test", "the wildcard");
     assert_eq!(with_sni(&s, "b.test").unwrap(), "b.test");
     // Unknown names get the default, which does not verify for them.
-    let none = connect(
-        &s.https,
-        &Hello {
-            sni: Some("unknown.test"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let none = connect(&s.https, &Hello::sni("unknown.test")).unwrap();
     assert_eq!(none.cn, "b.test");
     assert!(
         with_sni(&s, "unknown.test").is_err(),
@@ -135,14 +128,7 @@ fn certificates_by_sni_exact_wildcard_default_and_none() {
     let ca = Ca::new("gatehouse test CA 2");
     let certs = certs_toml(&dir, &ca, false);
     let s = start(&up, ca, &certs, "", "");
-    assert!(connect(
-        &s.https,
-        &Hello {
-            sni: Some("unknown.test"),
-            ..Default::default()
-        }
-    )
-    .is_err());
+    assert!(connect(&s.https, &Hello::sni("unknown.test")).is_err());
     assert!(connect(&s.https, &Hello::default()).is_err(), "no SNI, no default");
     assert_eq!(with_sni(&s, "b.test").unwrap(), "b.test");
 }
@@ -188,14 +174,7 @@ fn old_protocol_versions_are_refused_and_the_minimum_is_honoured() {
         },
     );
     assert!(r.is_err(), "TLS 1.2 under tls_min_version = 1.3");
-    let t = connect(
-        &s.https,
-        &Hello {
-            sni: Some("a.test"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let t = connect(&s.https, &Hello::sni("a.test")).unwrap();
     assert_eq!(t.version, "TLSv1.3");
     // openssl s_client agrees.
     let port = s.https.rsplit(':').next().unwrap();
@@ -375,16 +354,7 @@ fn a_stalled_handshake_is_cut_and_costs_others_nothing() {
     let started = Instant::now();
     for _ in 0..5 {
         let t = Instant::now();
-        let (_, r) = get(
-            &s.https,
-            &Hello {
-                sni: Some("a.test"),
-                ..Default::default()
-            },
-            "/",
-            &[],
-        )
-        .unwrap();
+        let (_, r) = get(&s.https, &Hello::sni("a.test"), "/", &[]).unwrap();
         assert_eq!(r.status, 200);
         assert!(t.elapsed() < Duration::from_secs(1), "a normal client waited {:?}", t.elapsed());
     }
@@ -414,10 +384,7 @@ fn the_header_guard_holds_over_tls() {
     let ca = Ca::new("ca");
     let certs = certs_toml(&dir, &ca, true);
     let s = start(&up, ca, &certs, "", "");
-    let h = Hello {
-        sni: Some("a.test"),
-        ..Default::default()
-    };
+    let h = Hello::sni("a.test");
     let send = |raw: &[u8]| {
         let mut t = connect(&s.https, &h).unwrap();
         t.stream.write_all(raw).unwrap();
@@ -463,10 +430,7 @@ fn https_facts_reach_the_upstream_the_log_and_the_router() {
         "hsts = \"max-age=31536000; includeSubDomains\"",
         "client_ip_header = \"forwarded\"",
     );
-    let h = Hello {
-        sni: Some("a.test"),
-        ..Default::default()
-    };
+    let h = Hello::sni("a.test");
     let (_, r) = get(&s.https, &h, "/x", &[]).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000; includeSubDomains"));
@@ -486,10 +450,7 @@ fn https_facts_reach_the_upstream_the_log_and_the_router() {
         "Forwarded in plaintext: {fwd:?}"
     );
     // A route for one SNI over HTTPS only.
-    let b = Hello {
-        sni: Some("b.test"),
-        ..Default::default()
-    };
+    let b = Hello::sni("b.test");
     assert_eq!(get(&s.https, &b, "/only-https", &[]).unwrap().1.body, "secure");
     let (_, r) = get(&s.https, &h, "/only-https", &[]).unwrap();
     assert_ne!(r.body, "secure", "another SNI");
@@ -555,16 +516,7 @@ body = "ok"
     let r = common::request(&gw.addr, "GET", "/a/./b?x=1", &[("Host", "shop.test:8080")], None);
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location"), Some("https://shop.test:8443/a/b?x=1"));
-    let (_, r) = get(
-        &https,
-        &Hello {
-            sni: Some("a.test"),
-            ..Default::default()
-        },
-        "/",
-        &[],
-    )
-    .unwrap();
+    let (_, r) = get(&https, &Hello::sni("a.test"), "/", &[]).unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "ok"), "the TLS listener serves");
     assert_eq!(up.count(), 0);
 }

@@ -105,6 +105,16 @@ pub struct Hello<'a> {
     pub alpn: Option<&'a [u8]>,
 }
 
+impl<'a> Hello<'a> {
+    /// A client hello naming `name`, verification off.
+    pub fn sni(name: &'a str) -> Hello<'a> {
+        Hello {
+            sni: Some(name),
+            ..Default::default()
+        }
+    }
+}
+
 /// What the handshake gave: the server's leaf (CN, serial) and the TLS stream.
 pub struct Tls {
     pub stream: openssl::ssl::SslStream<TcpStream>,
