@@ -46,18 +46,6 @@ pub struct Credentials {
     pub client_cert_fingerprint: Option<String>,
 }
 
-/// A subject in one canonical spelling: attribute types upper-case, no spaces around `=`
-/// and `,` (values with escaped commas are not supported).
-pub fn canonical_subject(s: &str) -> String {
-    s.split(',')
-        .map(|rdn| match rdn.split_once('=') {
-            Some((k, v)) => format!("{}={}", k.trim().to_ascii_uppercase(), v.trim()),
-            None => rdn.trim().to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// A fingerprint setting's digest, or why it is not one.
 pub fn parse_fingerprint(s: &str) -> Result<String, String> {
     let hex = s
@@ -110,7 +98,8 @@ impl Consumers {
             }
         }
         if let Some(s) = &creds.client_cert_subject {
-            if self.by_cert_subject.insert(canonical_subject(s), c.clone()).is_some() {
+            let canonical = crate::dn::canonical_subject(s).map_err(|e| format!("client_cert_subject: {e}"))?;
+            if self.by_cert_subject.insert(canonical, c.clone()).is_some() {
                 return Err(format!("client_cert_subject: `{s}` belongs to another consumer"));
             }
         }
@@ -145,7 +134,7 @@ impl Consumers {
     pub fn by_client_cert(&self, cert: &crate::ClientCert) -> Option<&Arc<Consumer>> {
         self.by_cert_fingerprint
             .get(&cert.fingerprint)
-            .or_else(|| self.by_cert_subject.get(&canonical_subject(&cert.subject)))
+            .or_else(|| self.by_cert_subject.get(&cert.subject))
     }
 
     pub fn len(&self) -> usize {

@@ -38,7 +38,8 @@ pub struct PluginCtx {
 /// A client certificate as the TLS handshake saw it.
 #[derive(Debug, Clone)]
 pub struct ClientCert {
-    /// RFC 4514 (`CN=partner-gw,O=Partner`).
+    /// RFC 4514 in the canonical spelling of `dn::canonical_subject` (`CN=partner-gw,O=Partner`),
+    /// so it compares with configured subjects as a string.
     pub subject: String,
     /// Lower-case hex SHA-256 of the leaf's DER.
     pub fingerprint: String,

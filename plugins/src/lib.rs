@@ -11,6 +11,7 @@ pub mod basic_auth;
 pub mod consumers;
 mod context;
 pub mod cors;
+pub mod dn;
 pub mod forward_auth;
 pub mod headers;
 mod http_client;

@@ -36,6 +36,9 @@ pub struct TlsFields<'a> {
     pub alpn: &'a str,
     pub sni: Option<&'a str>,
     pub client_subject: Option<&'a str>,
+    /// The client certificate verified against the listener's `client_ca` (an `optional`
+    /// listener lets unverified ones through to the routes that ignore them).
+    pub client_verified: bool,
 }
 
 impl Line<'_> {
@@ -72,10 +75,16 @@ impl Line<'_> {
         if let Some(t) = &self.tls {
             field_str(out, "tls_version", t.version);
             field_str(out, "alpn", t.alpn);
-            for (name, v) in [("sni", t.sni), ("client_cert", t.client_subject)] {
-                if let Some(v) = v {
-                    field_str(out, name, v);
-                }
+            if let Some(v) = t.sni {
+                field_str(out, "sni", v);
+            }
+            if let Some(v) = t.client_subject {
+                field_str(out, "client_cert", v);
+                out.extend_from_slice(if t.client_verified {
+                    b",\"client_cert_verified\":true"
+                } else {
+                    b",\"client_cert_verified\":false"
+                });
             }
         }
         out.extend_from_slice(b"}\n");

@@ -59,6 +59,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                         alpn: if req.version == http::Version::HTTP_2 { "h2" } else { "http/1.1" },
                         sni: info.and_then(|i| i.sni.as_deref()),
                         client_subject: info.and_then(|i| i.client.as_ref()).map(|c| c.subject.as_str()),
+                        client_verified: info.and_then(|i| i.client.as_ref()).is_some_and(|c| c.verified),
                     }
                 }),
             });

@@ -5,7 +5,9 @@ use crate::config::CertCfg;
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::x509::{X509NameRef, X509};
+use openssl::x509::X509;
+
+pub use super::dn::name_string;
 
 pub struct LoadedCert {
     pub name: String,
@@ -34,20 +36,6 @@ fn unix(t: &Asn1TimeRef) -> Result<i64, String> {
     let epoch = Asn1Time::from_unix(0).map_err(|e| e.to_string())?;
     let d = epoch.diff(t).map_err(|e| e.to_string())?;
     Ok(i64::from(d.days) * 86_400 + i64::from(d.secs))
-}
-
-/// A certificate's subject or issuer as `CN=...,O=...` (RFC 4514 order: most specific first).
-pub fn name_string(n: &X509NameRef) -> String {
-    let mut parts: Vec<String> = n
-        .entries()
-        .map(|e| {
-            let key = e.object().nid().short_name().unwrap_or("?");
-            let value = e.data().to_string().unwrap_or_default();
-            format!("{key}={value}")
-        })
-        .collect();
-    parts.reverse();
-    parts.join(",")
 }
 
 impl LoadedCert {

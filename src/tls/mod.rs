@@ -4,6 +4,7 @@
 
 mod acceptor;
 mod certs;
+mod dn;
 mod store;
 
 pub use acceptor::acceptor;

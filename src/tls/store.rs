@@ -133,7 +133,8 @@ impl TlsAccept for CertResolver {
     async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         let client = ssl.peer_certificate().map(|c| {
             Arc::new(ClientCert {
-                subject: name_string(c.subject_name()),
+                // Canonical once per handshake; a name that would not parse matches nothing.
+                subject: gatehouse_plugins::dn::canonical_subject(&name_string(c.subject_name())).unwrap_or_default(),
                 fingerprint: c
                     .digest(pingora_core::tls::hash::MessageDigest::sha256())
                     .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())

@@ -69,11 +69,17 @@ impl Ca {
 
     /// A client certificate, subject `CN=cn,O=org` (RFC 4514 order), signed by this CA.
     pub fn client(&self, dir: &Path, file: &str, cn: &str, org: &str) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         // X.509 order O, then CN: RFC 4514 writes it `CN=...,O=...`.
+        self.client_named(dir, file, &[(DnType::OrganizationName, org), (DnType::CommonName, cn)])
+    }
+
+    /// A client certificate whose subject has exactly these RDNs, in X.509 order.
+    pub fn client_named(&self, dir: &Path, file: &str, rdns: &[(DnType, &str)]) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, org);
-        params.distinguished_name.push(DnType::CommonName, cn);
+        for (t, v) in rdns {
+            params.distinguished_name.push(t.clone(), *v);
+        }
         let key = KeyPair::generate().unwrap();
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert_pem = params.signed_by(&key, &issuer).unwrap().pem();
@@ -86,6 +92,64 @@ impl Ca {
             key: keyp,
             cert_pem,
             key_pem,
+        }
+    }
+}
+
+impl Ca {
+    /// A client certificate with an `openssl -subj` subject, multi-valued RDNs allowed
+    /// (`/CN=a+O=b`: rcgen writes one attribute per RDN), signed by this CA with the openssl CLI.
+    pub fn client_multivalued(&self, dir: &Path, file: &str, subj: &str) -> Leaf {
+        let (ca_cert, ca_key) = (dir.join(format!("{file}-ca.crt")), dir.join(format!("{file}-ca.key")));
+        std::fs::write(&ca_cert, &self.pem).unwrap();
+        std::fs::write(&ca_key, self.key.serialize_pem()).unwrap();
+        let (cert, key, csr) = (
+            dir.join(format!("{file}.crt")),
+            dir.join(format!("{file}.key")),
+            dir.join(format!("{file}.csr")),
+        );
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        run(&[
+            os("req"),
+            os("-new"),
+            os("-newkey"),
+            os("ec"),
+            os("-pkeyopt"),
+            os("ec_paramgen_curve:prime256v1"),
+            os("-nodes"),
+            os("-multivalue-rdn"),
+            os("-subj"),
+            std::ffi::OsStr::new(subj),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ]);
+        run(&[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca_cert.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-set_serial"),
+            os("7"),
+            os("-days"),
+            os("30"),
+            os("-out"),
+            cert.as_os_str(),
+        ]);
+        Leaf {
+            cert_pem: std::fs::read_to_string(&cert).unwrap(),
+            key_pem: std::fs::read_to_string(&key).unwrap(),
+            cert,
+            key,
         }
     }
 }
