@@ -36,6 +36,7 @@ threads = 2
 pid_file = "{{dir}}/gatehouse.pid"
 upgrade_sock = "{{dir}}/upgrade.sock"
 header_timeout = "2s"
+send_timeout = "1s"
 max_header_size = "4KiB"
 max_headers = 40
 max_uri = "1KiB"
@@ -260,6 +261,38 @@ fn h2_bodies_ending_in_an_empty_data_frame_reach_an_http1_upstream_intact() {
     for _ in 0..3 {
         assert_eq!(curl_h2(&s, "/after", &[]), "200 2");
     }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    let up = Upstream::start("u");
+    // More than the socket buffers of both sides hold.
+    up.set(|b| b.body = Some("x".repeat(32 * 1024 * 1024)));
+    let s = start(&up);
+    // HTTP/1.1: the request, then never a read.
+    let mut c = std::net::TcpStream::connect(&s.gw.addr).unwrap();
+    c.write_all(b"GET /big-h1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    // h2: a stream whose window never opens (python h2; the fixture waits up to 20 s).
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/h2_flood.py"));
+    cmd.args(["zero-window", &s.https, "--tls", "a.test", "--seconds", "20"]);
+    let out = cmd.output().expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(r["status"], "200", "{r}");
+    assert!(
+        r["ended"] == "StreamReset" || r["ended"] == "closed",
+        "the stalled h2 stream was ended: {r}"
+    );
+    // Both requests end, logged as send timeouts.
+    common::wait_until(Duration::from_secs(20), "both stalled requests logged", || {
+        s.gw.access_log()
+            .iter()
+            .filter(|l| l["path"] == "/big-h1" || l["path"] == "/big")
+            .count()
+            == 2
+    });
+    drop(c);
 }
 
 #[test]

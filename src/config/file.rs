@@ -73,6 +73,11 @@ pub struct Server {
     pub read_buffer: Size,
     #[serde(default = "d_keepalive")]
     pub keepalive_timeout: Dur,
+    /// A write to a client that makes no progress for this long ends the request (a client
+    /// that stops reading, or an h2 stream whose window stays shut, would otherwise hold its
+    /// connection and an upstream connection for ever). nginx's `send_timeout`.
+    #[serde(default = "d_send_timeout")]
+    pub send_timeout: Dur,
     #[serde(default = "d_keepalive_requests")]
     pub keepalive_requests: u32,
     #[serde(default)]
@@ -150,6 +155,9 @@ fn d_grace() -> Dur {
 fn d_shutdown() -> Dur {
     Dur(Duration::from_secs(10))
 }
+fn d_send_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
 fn d_header_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
@@ -195,6 +203,7 @@ impl Default for Server {
             max_connections: d_max_connections(),
             read_buffer: d_read_buffer(),
             keepalive_timeout: d_keepalive(),
+            send_timeout: d_send_timeout(),
             keepalive_requests: d_keepalive_requests(),
             user: None,
             group: None,

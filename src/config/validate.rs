@@ -68,6 +68,9 @@ fn server(f: &File, out: &mut Findings) {
             out.push((if e.starts_with("group") { "server.group" } else { "server.user" }.into(), e));
         }
     }
+    if s.send_timeout.0.is_zero() {
+        out.push(("server.send_timeout".into(), "must be greater than zero".into()));
+    }
     if s.header_timeout.0.is_zero() {
         out.push(("server.header_timeout".into(), "must be greater than zero".into()));
     }

@@ -50,6 +50,7 @@ impl ProxyHttp for Gateway {
         if http10_keepalive(session.req_header()) {
             session.set_keepalive(Some(snap.file.server.keepalive_timeout.0.as_secs().max(1)));
         }
+        session.set_write_timeout(Some(snap.file.server.send_timeout.0));
         forward::identify(session, ctx, &snap);
         let on = listener::note(session, ctx, &self.listeners);
         if session.req_header().version == http::Version::HTTP_2 {
