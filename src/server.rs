@@ -83,6 +83,9 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
     // Consulted only for connections the guard hands over after reading their h2c preface.
     opts.h2c = true;
     opts.h2_idle_timeout = Some(s.keepalive_timeout.0);
+    // Pingora's own refusal of CONNECT is a bare 405; let it reach request_filter, whose
+    // first step refuses it with the gateway's JSON answer and closes (target::settle).
+    opts.allow_connect_method_proxying = true;
     proxy.server_options = Some(opts);
     proxy.h2_options = Some(crate::listen::h2_options(s));
     let limits = Limits {

@@ -62,6 +62,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if let target::Settled::Answer(a, reason) = target::settle(session.req_header_mut(), snap.file.server.path_escaped_slash) {
+            if session.req_header().method == http::Method::CONNECT {
+                // What follows a CONNECT may be tunnel bytes, never a next request.
+                session.set_keepalive(None);
+            }
             ctx.error = Some(reason);
             ctx.snapshot = Some(snap);
             answer::write(session, ctx, a, false).await;
