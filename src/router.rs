@@ -83,6 +83,9 @@ pub struct HostMatch {
     exact: Vec<String>,
     /// `*.example.org` stored as `.example.org`: any subdomain, not the apex.
     suffixes: Vec<String>,
+    /// A wildcard stands for one label only, as in a certificate (`sni` conditions): the
+    /// route then answers exactly the names its wildcard certificate serves.
+    one_label: bool,
 }
 
 impl HostMatch {
@@ -96,6 +99,15 @@ impl HostMatch {
             }
         }
         m
+    }
+
+    /// For server names: wildcards cover one label (`*.a.test` matches `x.a.test`, not
+    /// `x.y.a.test`), as certificate selection does.
+    pub fn server_names(names: &[String]) -> Self {
+        HostMatch {
+            one_label: true,
+            ..HostMatch::new(names)
+        }
     }
 
     fn is_any(&self) -> bool {
@@ -120,7 +132,10 @@ impl HostMatch {
             return true;
         }
         self.suffixes.iter().any(|s| {
-            host.len() > s.len() && host.is_char_boundary(host.len() - s.len()) && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            let Some(label_end) = host.len().checked_sub(s.len()).filter(|n| *n > 0 && host.is_char_boundary(*n)) else {
+                return false;
+            };
+            host[label_end..].eq_ignore_ascii_case(s) && !(self.one_label && host[..label_end].contains('.'))
         })
     }
 }
@@ -253,6 +268,16 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_name_wildcards_cover_one_label() {
+        let names = [String::from("*.wild.test"), String::from("a.test")];
+        let (sni, hosts) = (HostMatch::server_names(&names), HostMatch::new(&names));
+        assert!(sni.matches("x.wild.test") && sni.matches("a.test"));
+        assert!(!sni.matches("x.y.wild.test"), "as the certificate: one label");
+        assert!(!sni.matches("wild.test") && !sni.matches(".wild.test"));
+        assert!(hosts.matches("x.y.wild.test"), "Host patterns keep any depth");
+    }
 
     fn p(s: &str) -> PathMatch {
         PathMatch::parse(s).unwrap()

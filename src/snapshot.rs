@@ -246,7 +246,7 @@ impl Snapshot {
                 hosts: HostMatch::new(&r.hosts),
                 methods,
                 headers,
-                sni: HostMatch::new(&r.sni),
+                sni: HostMatch::server_names(&r.sni),
                 https: r.scheme.map(|s| s == config::Scheme::Https),
             };
             router.add(name, Arc::new(route), cond, r.priority, paths);

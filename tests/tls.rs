@@ -55,7 +55,7 @@ upstream = "u"
 [routes.secure]
 paths = ["/only-https"]
 scheme = "https"
-sni = ["b.test"]
+sni = ["b.test", "*.wild.test"]
 [routes.secure.plugins.respond]
 body = "secure"
 "#,
@@ -455,6 +455,17 @@ fn https_facts_reach_the_upstream_the_log_and_the_router() {
     let (_, r) = get(&s.https, &h, "/only-https", &[]).unwrap();
     assert_ne!(r.body, "secure", "another SNI");
     assert_ne!(s.gw.get("/only-https").body, "secure", "plaintext");
+    // Routes see the server name as certificates do: absolute names and case folded, a
+    // wildcard one label deep, a literal `*` no name.
+    for (sni, routed) in [
+        ("B.Test.", true),
+        ("x.wild.test", true),
+        ("x.y.wild.test", false),
+        ("*.wild.test", false),
+    ] {
+        let body = get(&s.https, &Hello::sni(sni), "/only-https", &[]).unwrap().1.body;
+        assert_eq!(body == "secure", routed, "SNI {sni}: {body}");
+    }
     // The access log has the TLS facts.
     let id = r.header("x-request-id").unwrap().to_string();
     let mut line = serde_json::Value::Null;

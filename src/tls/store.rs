@@ -84,7 +84,7 @@ impl CertStore {
     /// `acme`: the ACME certificate, whose names come after the exact names configured
     /// (the config refuses a name in both) and before wildcards.
     pub fn select<'a>(&'a self, sni: Option<&str>, acme: Option<&'a Arc<LoadedCert>>) -> Option<&'a Arc<LoadedCert>> {
-        if let Some(name) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) {
+        if let Some(name) = sni.and_then(sni_name) {
             if let Some(c) = self.exact.get(&name) {
                 return Some(c);
             }
@@ -97,6 +97,18 @@ impl CertStore {
         }
         self.default.as_ref()
     }
+}
+
+/// The server name a client sent, as certificates and routes both see it: lower-case,
+/// without the trailing dot of an absolute name. A name with a `*` (a literal wildcard is no
+/// host name) or nothing left is no name at all: it gets the default certificate and
+/// matches no `sni` route.
+pub fn sni_name(raw: &str) -> Option<String> {
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    if name.is_empty() || name.contains('*') || name.ends_with('.') {
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
 }
 
 /// What a finished handshake tells the HTTP layer (in the session's `SslDigest`).
@@ -143,9 +155,22 @@ impl TlsAccept for CertResolver {
             })
         });
         let info = TlsInfo {
-            sni: ssl.servername(NameType::HOST_NAME).map(str::to_ascii_lowercase),
+            sni: ssl.servername(NameType::HOST_NAME).and_then(sni_name),
             client,
         };
         Some(Arc::new(info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sni_name;
+
+    #[test]
+    fn one_spelling_of_a_server_name() {
+        assert_eq!(sni_name("A.Test.").as_deref(), Some("a.test"), "absolute and upper-case");
+        for odd in ["", ".", "a.test..", "*.wild.test", "x*.a.test"] {
+            assert_eq!(sni_name(odd), None, "{odd:?}");
+        }
     }
 }
