@@ -175,6 +175,12 @@ fn the_guard_limits_hold_over_h2() {
     assert_eq!(curl_h2(&s, "/a/%2e%2e/%2e%2e/etc", &["--path-as-is"]), "400 2");
     // curl turns a Host header into :authority, so the disagreeing pair comes from python h2.
     assert_eq!(flood("host-mismatch", &s.https, true)["status"], "400");
+    assert_eq!(
+        flood("dup-content-length", &s.https, true)["status"],
+        "400",
+        "two Content-Length fields"
+    );
+    assert!(!up.recorded().iter().any(|r| r.path == "/dup"), "nothing forwarded");
     assert_eq!(up.count(), 0, "nothing refused reached the upstream");
     assert_eq!(curl_h2(&s, "/fine", &[]), "200 2");
 }

@@ -71,6 +71,12 @@ pub fn h2_limits(req: &RequestHeader, s: &crate::config::Server) -> Option<(Answ
     if target > s.max_uri.0 as usize {
         return Some((Answer::error(414, "request URI is too long"), "uri_too_long"));
     }
+    // The HTTP/1 guard refuses this too: the h2 layer lets identical duplicates through,
+    // and an HTTP/1 upstream would get both lines (RFC 9112 6.3 says that is a 400).
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if lengths.next().is_some() && lengths.next().is_some() {
+        return Some((Answer::error(400, "more than one Content-Length"), "bad_framing"));
+    }
     // RFC 9113 8.3.1: a Host that names another authority than `:authority` is malformed;
     // letting either one win would split routing from what the upstream sees.
     if let (Some(a), Some(h)) = (req.uri.authority(), req.headers.get(http::header::HOST)) {
