@@ -527,6 +527,14 @@ body = "ok"
     let r = common::request(&gw.addr, "GET", "/a/./b?x=1", &[("Host", "shop.test:8080")], None);
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location"), Some("https://shop.test:8443/a/b?x=1"));
+    let r = common::request(&gw.addr, "GET", "/v6", &[("Host", "[::1]:8080")], None);
+    assert_eq!(
+        r.header("location"),
+        Some("https://[::1]:8443/v6"),
+        "an IPv6 literal keeps its brackets"
+    );
+    let r = common::client::raw_request(&gw.addr, b"GET /a HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!((r.status, r.header("location")), (400, None), "no Host, no redirect: {}", r.body);
     let (_, r) = get(&https, &Hello::sni("a.test"), "/", &[]).unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "ok"), "the TLS listener serves");
     assert_eq!(up.count(), 0);

@@ -35,8 +35,18 @@ pub fn redirect(session: &Session, ctx: &Ctx, listener: &ListenerRt) -> Option<A
     let template = listener.redirect_https.as_ref()?;
     let req = session.req_header();
     let host = crate::router::request_host(&req.headers, &req.uri);
+    if host.is_empty() {
+        // HTTP/1.0 may leave Host out; a Location of `https://:8443/` helps nobody.
+        return Some(Answer::error(400, "a Host header is needed for the HTTPS redirect"));
+    }
     let uri = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let location = template.replace("{host}", host).replace("{uri}", uri);
+    // request_host gives an IPv6 literal without its brackets; a URL needs them back.
+    let location = if host.contains(':') {
+        template.replace("{host}", &format!("[{host}]"))
+    } else {
+        template.replace("{host}", host)
+    }
+    .replace("{uri}", uri);
     let value = http::HeaderValue::from_str(&location).ok()?;
     Some(Answer::empty(308).with_header(http::header::LOCATION, value))
 }
