@@ -83,8 +83,10 @@ fn a_verified_certificate_names_its_consumer_on_an_optional_listener() {
     let forged = other_ca.client(&dir, "forged", "partner-gw", "Partner");
     let (gw, https) = gateway(&up, &dir, &clients, &server_ca, "optional", &fingerprint(&ops.cert_pem));
 
-    let (_, r) = get(&https, &hello(Some(&partner)), "/partner", &[("x-consumer", "admin")]).unwrap();
+    let forged_xfcc = ("x-forwarded-client-cert", "Hash=00;Subject=\"CN=admin,O=Us\"");
+    let (_, r) = get(&https, &hello(Some(&partner)), "/partner", &[("x-consumer", "admin"), forged_xfcc]).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().header("x-forwarded-client-cert"), None, "a client's XFCC never passes");
     assert_eq!(
         up.last().header("x-consumer"),
         Some("partner"),

@@ -206,6 +206,11 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
         } else if !ctx.peer_trusted && h.map().contains_key(header::FORWARDED) {
             h.remove(&header::FORWARDED);
         }
+        // Upstreams behind Envoy-style meshes believe this header names the verified client
+        // certificate; a client's own copy is a forged identity (Envoy sanitises it too).
+        if !ctx.peer_trusted && h.map().contains_key(&X_FORWARDED_CLIENT_CERT) {
+            h.remove(&X_FORWARDED_CLIENT_CERT);
+        }
         if !(ctx.peer_trusted && h.map().contains_key(&X_FORWARDED_PROTO)) {
             let proto = if ctx.tls.is_some() { "https" } else { "http" };
             h.set(&X_FORWARDED_PROTO, http::HeaderValue::from_static(proto))?;
@@ -273,6 +278,7 @@ fn push_forwarded(out: &mut Vec<u8>, ip: IpAddr) {
 static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_CLIENT_CERT: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection and must not cross the proxy (RFC 9110 7.6.1).
