@@ -108,6 +108,22 @@ fn certificates_by_sni_exact_wildcard_default_and_none() {
         "the default's name does not verify as unknown.test"
     );
     assert!(with_sni(&s, "deep.x.wild.test").is_err(), "a wildcard covers one label");
+    // ALPN: a client offering only protocols the listener does not speak is refused.
+    let alpn = |protos: &'static [u8]| {
+        connect(
+            &s.https,
+            &Hello {
+                sni: Some("a.test"),
+                alpn: Some(protos),
+                ..Default::default()
+            },
+        )
+    };
+    assert!(
+        alpn(b"\x06spdy/3\x03h2c").is_err(),
+        "no protocol in common: no_application_protocol"
+    );
+    assert!(alpn(b"\x06spdy/3\x08http/1.1").is_ok(), "http/1.1 among them");
     // curl, verifying against the test CA.
     let ca_file = s.ca.write(&dir, "ca.pem");
     let port = s.https.rsplit(':').next().unwrap();

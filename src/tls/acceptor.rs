@@ -28,7 +28,9 @@ pub fn acceptor(l: &Listener) -> Result<SslAcceptor, (&'static str, String)> {
     // certificate was verified, and without it those resumptions fail the handshake.
     b.set_session_id_context(b"gatehouse").map_err(|e| ("tls", e.to_string()))?;
     let protos = if l.http2() { H2_H1 } else { H1 };
-    b.set_alpn_select_callback(move |_, client| select_next_proto(protos, client).ok_or(AlpnError::NOACK));
+    // A client that offers ALPN and nothing we speak gets the fatal no_application_protocol
+    // alert RFC 7301 3.2 requires (as nginx since 1.21.4), not an HTTP/1.1 it did not ask for.
+    b.set_alpn_select_callback(move |_, client| select_next_proto(protos, client).ok_or(AlpnError::ALERT_FATAL));
     if let Some(ca) = &l.client_ca {
         let pem = if ca.contains("-----BEGIN") {
             ca.clone()
