@@ -23,6 +23,9 @@ use benchkit::*;
 #[path = "benchkit/variants.rs"]
 mod variants;
 use variants::*;
+#[path = "benchkit/report.rs"]
+mod report;
+use report::{render_table, write_results_md};
 
 struct Opts {
     smoke: bool,
@@ -564,69 +567,4 @@ fn memory_test(pid: u32, port: u16, n: usize) -> Value {
         failed
     );
     json!({ "idle_rss_bytes": idle, "connections": conns.len(), "failed": failed, "rss_with_connections_bytes": held, "bytes_per_connection": per })
-}
-
-fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<&Value>) -> String {
-    let mut t = String::new();
-    t.push_str("| row | what | req/s | CPU µs/req | x N | x P | x PM | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n");
-    t.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    let f = |v: &Value, k: &str, prec: usize| v[k].as_f64().map(|x| format!("{x:.prec$}")).unwrap_or("-".into());
-    for row in rows {
-        let Some(v) = summary.get(&row.name) else { continue };
-        t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
-            row.name,
-            row.what,
-            f(v, "rps", 0),
-            match (v["cpu_us_per_req"].as_f64(), v["cpu_q1"].as_f64(), v["cpu_q3"].as_f64()) {
-                (Some(c), Some(q1), Some(q3)) if v["rounds"].as_u64().unwrap_or(0) >= 4 => format!("{c:.1} ({q1:.0}-{q3:.0})"),
-                _ => f(v, "cpu_us_per_req", 1),
-            },
-            f(v, "x_nginx", 2),
-            match (v["x_pingora"].as_f64(), v["x_pingora_q1"].as_f64(), v["x_pingora_q3"].as_f64()) {
-                (Some(r), Some(q1), Some(q3)) if v["rounds"].as_u64().unwrap_or(0) >= 4 && q1 != q3 => {
-                    format!("{r:.2} ({q1:.2}-{q3:.2})")
-                }
-                _ => f(v, "x_pingora", 2),
-            },
-            f(v, "x_pingora_mimalloc", 2),
-            f(v, "p50_ms", 2),
-            f(v, "p99_ms", 2),
-            f(v, "k6_p99_ms", 2),
-            f(v, "k6_p999_ms", 2),
-            v["errors"].as_u64().unwrap_or(0) + v["k6_failed"].as_u64().unwrap_or(0),
-            v["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-        ));
-    }
-    if let Some(m) = memory {
-        t.push_str(&format!(
-            "\nMemory (G0): idle RSS {:.1} MiB; with {} idle keep-alive connections {:.1} MiB: {:.0} bytes per connection.\n",
-            m["idle_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-            m["connections"],
-            m["rss_with_connections_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
-            m["bytes_per_connection"].as_f64().unwrap_or(0.0)
-        ));
-    }
-    t
-}
-
-fn write_results_md(path: &Path, report: &Value, table: &str) {
-    let text = format!(
-        "# Benchmark results\n\nMachine: {}. Commit: {}. Date: {}.\n\nSettings: {} rounds of {} s per row, interleaved; wrk -t1 -c{}; proxy pinned to CPU {}, \
-         wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum, stepped down until one k6 process keeps up against D, then one step more).\nCPU µs/req is utime+stime of the proxy's processes over the run \
-         divided by requests: the median of rounds, with the quartiles in brackets. \
-         The x columns pair rows within a round (row / reference, both measured in the same round) and take the median over rounds; x P shows \
-         the quartiles of those per-round ratios.\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 15` for tighter medians).\n\n{}\n",
-        report["machine"].as_str().unwrap_or(""),
-        report["commit"].as_str().unwrap_or(""),
-        report["date"].as_str().unwrap_or(""),
-        report["settings"]["rounds"],
-        report["settings"]["duration_s"],
-        report["settings"]["connections"],
-        report["settings"]["proxy_cpus"].as_str().unwrap_or(""),
-        report["settings"]["load_cpus"].as_str().unwrap_or(""),
-        report["settings"]["k6_rate"],
-        table
-    );
-    let _ = std::fs::write(path, text);
 }

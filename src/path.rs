@@ -82,6 +82,12 @@ const fn path_byte_table() -> [bool; 256] {
 
 static PATH_BYTE: [bool; 256] = path_byte_table();
 
+/// A byte a path may hold as it is (RFC 3986 `pchar`, `/`, `%`): what the guard's target
+/// check builds on.
+pub fn is_path_byte(b: u8) -> bool {
+    PATH_BYTE[b as usize]
+}
+
 fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }

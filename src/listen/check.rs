@@ -160,7 +160,8 @@ fn target(req: &httparse::Request<'_, '_>) -> Result<(), Refusal> {
     // Bytes outside RFC 3986's path and query characters: the target must also be one
     // Pingora's parser (the http crate) takes, or Pingora answers a bare 400 of its own
     // after this check. Rare, so the parse (and its copy) is paid only then.
-    if !path.iter().all(|b| URI_SAFE[*b as usize]) && http::Uri::try_from(path).is_err() {
+    // Path bytes and `?`: every target made of these alone is one the http crate parses.
+    if !path.iter().all(|b| *b == b'?' || crate::path::is_path_byte(*b)) && http::Uri::try_from(path).is_err() {
         return refuse;
     }
     if method == "CONNECT" {
@@ -218,41 +219,6 @@ fn split_port(a: &[u8]) -> (&[u8], Option<&[u8]>) {
         None => (a, None),
     }
 }
-
-/// RFC 3986 unreserved, sub-delims, `%`, and the `:` `@` `/` `?` of paths and queries:
-/// every target made of these alone is one the http crate parses.
-static URI_SAFE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-                    | b':'
-                    | b'@'
-                    | b'/'
-                    | b'?'
-            );
-        b += 1;
-    }
-    t
-};
 
 /// RFC 3986 reg-name characters: unreserved and sub-delims (no `%`: percent-encoded
 /// hosts are refused).
