@@ -103,6 +103,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
         listeners,
         certs: certs.clone(),
         tls_handshake_timeout: s.tls_handshake_timeout.0,
+        grace_period: s.grace_period.0,
     };
     let mut svc = Service::new(
         "gatehouse proxy".to_string(),
@@ -128,6 +129,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
             listeners: Arc::new(Listeners::plain("admin", addr)),
             certs,
             tls_handshake_timeout: s.tls_handshake_timeout.0,
+            grace_period: s.grace_period.0,
         };
         let mut svc = Service::new(
             "gatehouse admin".to_string(),

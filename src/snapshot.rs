@@ -36,6 +36,11 @@ pub struct Route {
     pub preserve_host: bool,
     pub timeout: Option<Duration>,
     pub max_body: Option<u64>,
+    /// `Some(idle)`: WebSocket upgrades are let through, and a session with no frame
+    /// either way for `idle` is closed.
+    pub websocket: Option<Duration>,
+    /// No read deadline between chunks (`streaming`, or `timeout = "0s"`).
+    pub streaming: bool,
     /// Sorted by priority, highest first: the request-side order.
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: RouteMetrics,
@@ -232,8 +237,10 @@ impl Snapshot {
                 cluster,
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
-                timeout: r.timeout.map(|d| d.0),
+                timeout: r.timeout.map(|d| d.0).filter(|d| !d.is_zero()),
                 max_body: r.max_body.map(|s| s.0),
+                websocket: r.websocket.then_some(r.websocket_idle_timeout.0),
+                streaming: r.streaming || r.timeout.is_some_and(|d| d.0.is_zero()),
                 plugins,
                 metrics: RouteMetrics {
                     duration: METRICS.request_duration.with_label_values(&[name]),

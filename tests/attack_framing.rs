@@ -35,6 +35,7 @@ retries = 0
 [routes.r]
 paths = ["/"]
 upstream = "u"
+websocket = true
 "#
         ),
         &[],

@@ -4,7 +4,6 @@
 mod common;
 use common::load::Load;
 use common::{wait_until, Gateway, Upstream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn config(up: &Upstream, body: &str, grace: &str) -> String {
@@ -56,33 +55,6 @@ fn twenty_reloads_under_load_lose_nothing() {
     assert!(ok > 100);
 }
 
-struct KillOnDrop(i32);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-        }
-    }
-}
-
-/// Runs scripts/upgrade; returns (success, its output). Output goes through a file: the
-/// new daemon inherits the script's stdout, so a pipe would stay open as long as it runs.
-fn upgrade(gw: &Gateway) -> (bool, String) {
-    let log = gw.dir.join("upgrade.log");
-    let f = std::fs::File::create(&log).expect("upgrade log");
-    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/upgrade"))
-        .arg("-c")
-        .arg(&gw.config_path)
-        .arg("-b")
-        .arg(Gateway::bin())
-        .env("GATEHOUSE_ADMIN_TOKEN", common::gateway::ADMIN_TOKEN)
-        .stdout(f.try_clone().expect("log"))
-        .stderr(f)
-        .status()
-        .expect("run scripts/upgrade");
-    (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
-}
-
 #[test]
 fn graceful_upgrade_under_load_drops_nothing() {
     let up = Upstream::start("u");
@@ -102,14 +74,14 @@ fn graceful_upgrade_under_load_drops_nothing() {
 
     // A new config comes with the new process.
     gw.write_config_raw(&config(&up, "new", "1s"));
-    let (ok, out) = upgrade(&gw);
+    let (ok, out) = gw.upgrade();
     assert!(ok, "upgrade failed: {out}");
     let new_pid: i32 = std::fs::read_to_string(gw.dir.join("gatehouse.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let _guard = KillOnDrop(new_pid);
+    let _guard = common::gateway::KillOnDrop(new_pid);
     assert_ne!(new_pid, old_pid);
 
     let (resp, took) = slow.join().unwrap();
@@ -133,7 +105,7 @@ fn upgrade_with_a_broken_config_keeps_the_old_process() {
     let gw = Gateway::start_raw(&config(&up, "old", "1s"), &[]);
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
     std::fs::write(&gw.config_path, text.replace("upstream = \"u\"", "upstream = \"missing\"")).unwrap();
-    let (ok, out) = upgrade(&gw);
+    let (ok, out) = gw.upgrade();
     assert!(!ok);
     assert!(out.contains("keeps serving"), "{out}");
     assert_eq!(gw.get("/extra").body, "old");

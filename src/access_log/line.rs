@@ -26,6 +26,9 @@ pub struct Line<'a> {
     pub consumer: Option<&'a str>,
     pub rejection: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// The request became a WebSocket session: the line is written when it ends, with
+    /// its duration and its bytes each way.
+    pub websocket: bool,
     pub tls: Option<TlsFields<'a>>,
 }
 
@@ -71,6 +74,9 @@ impl Line<'_> {
             if let Some(v) = v {
                 field_str(out, name, v);
             }
+        }
+        if self.websocket {
+            out.extend_from_slice(b",\"websocket\":true");
         }
         if let Some(t) = &self.tls {
             field_str(out, "tls_version", t.version);
@@ -208,6 +214,7 @@ mod tests {
             consumer,
             rejection: None,
             error: None,
+            websocket: false,
             tls: None,
         }
     }

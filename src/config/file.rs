@@ -508,8 +508,21 @@ pub struct Route {
     pub timeout: Option<Dur>,
     #[serde(default)]
     pub max_body: Option<Size>,
+    /// Accept `Upgrade: websocket`; without it an upgrade request is refused (400).
+    #[serde(default)]
+    pub websocket: bool,
+    /// No frame either way for this long closes both sides of a WebSocket session.
+    #[serde(default = "d_ws_idle")]
+    pub websocket_idle_timeout: Dur,
+    /// Server-sent events and long polls: no read deadline between chunks.
+    #[serde(default)]
+    pub streaming: bool,
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+}
+
+fn d_ws_idle() -> Dur {
+    Dur(std::time::Duration::from_secs(600))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

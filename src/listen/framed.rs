@@ -22,7 +22,7 @@ use pingora_core::protocols::{Peek, Stream};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How the current request's body is framed, and how much of it is left.
 #[derive(Debug, Clone)]
@@ -53,6 +53,8 @@ pub struct Framed {
     /// The most `ahead` holds while a request is being served; past it the stream stops
     /// reading until the guard has parsed the next header (which has the same limit).
     ahead_limit: usize,
+    /// Set while the request asked to upgrade: the WebSocket session's clock and close.
+    pub tunnel: Option<Box<super::tunnel::Tunnel>>,
 }
 
 impl std::fmt::Debug for Framed {
@@ -84,6 +86,7 @@ impl Framed {
             body: Body::Done,
             after: After::Stash,
             ahead_limit,
+            tunnel: None,
         }
     }
 
@@ -179,10 +182,19 @@ impl AsyncRead for Framed {
                     buf.put_slice(&this.ahead.split_to(n));
                     return Poll::Ready(Ok(()));
                 }
-                return match this.inner.as_mut() {
-                    Some(s) => Pin::new(s).poll_read(cx, buf),
-                    None => Poll::Ready(Ok(())),
-                };
+                let Some(s) = this.inner.as_mut() else { return Poll::Ready(Ok(())) };
+                if let Some(t) = this.tunnel.as_mut() {
+                    if let Poll::Ready(r) = t.poll_end(cx, s) {
+                        return Poll::Ready(r);
+                    }
+                    let before = buf.filled().len();
+                    ready!(Pin::new(s).poll_read(cx, buf))?;
+                    if buf.filled().len() > before {
+                        t.read();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                return Pin::new(s).poll_read(cx, buf);
             }
             // The request is complete: whatever comes now is the next one. Keep it, and
             // tell Pingora only about the client closing.
@@ -223,7 +235,59 @@ impl AsyncRead for Framed {
     }
 }
 
-super::io::delegate_stream!(Framed);
+super::io::delegate_shutdown!(Framed);
+super::io::delegate_meta!(Framed);
+
+/// Writes go straight to the socket; a WebSocket session's also run its clock, and stop at
+/// a frame's end while its close frame waits to go out.
+impl AsyncWrite for Framed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let Some(s) = this.inner.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let Some(t) = this.tunnel.as_mut() else {
+            return Pin::new(s).poll_write(cx, data);
+        };
+        let n = t.writable(data.len());
+        if n == 0 && !data.is_empty() {
+            // The session is over; what the server still sends has nowhere to go.
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let wrote = ready!(Pin::new(s).poll_write(cx, &data[..n]))?;
+        t.wrote(&data[..wrote]);
+        Poll::Ready(Ok(wrote))
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.tunnel.is_some() {
+            let first = bufs.iter().find(|b| !b.is_empty()).map(|b| &**b).unwrap_or(&[]);
+            return self.poll_write(cx, first);
+        }
+        match self.inner.as_mut() {
+            Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tunnel.is_none() && self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(s) => Pin::new(s).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(s) => Pin::new(s).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
 
 impl Drop for Framed {
     fn drop(&mut self) {

@@ -35,6 +35,9 @@ pub struct HeaderGuard<A> {
     pub listeners: Arc<Listeners>,
     pub certs: Arc<CertResolver>,
     pub tls_handshake_timeout: std::time::Duration,
+    /// `server.grace_period`: how long open WebSocket sessions may run on after a
+    /// shutdown or upgrade begins.
+    pub grace_period: std::time::Duration,
 }
 
 /// The keep-alive idle timer of one connection, armed lazily and kept across requests:
@@ -60,6 +63,8 @@ impl IdleTimer {
 /// A header the guard accepted: its bytes (and the body bytes read with it) for Pingora.
 struct Accepted {
     prefix: BytesMut,
+    /// The request asked to upgrade (the bytes after it go to Pingora as they come).
+    upgrade: bool,
 }
 
 enum Wait {
@@ -132,7 +137,10 @@ impl<A> HeaderGuard<A> {
                     if end < buf.len() {
                         framed.ahead = buf.split_off(end);
                     }
-                    return Some(Accepted { prefix: buf });
+                    return Some(Accepted {
+                        prefix: buf,
+                        upgrade: after == super::framed::After::Pass,
+                    });
                 }
                 Verdict::Refuse(r) => {
                     self.reject(framed, r).await;
@@ -199,6 +207,7 @@ impl<A> HeaderGuard<A> {
                 consumer: None,
                 rejection: Some(reason),
                 error: None,
+                websocket: false,
                 tls: None,
             });
         }
@@ -257,6 +266,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         loop {
             let accepted = self.pre_read(&mut framed, wait, &mut idle, &mut watch).await?;
             wait = Wait::KeepAlive;
+            // A request that asks to upgrade may become a WebSocket session: its clock is
+            // where the proxy can arm it.
+            let clock = accepted.upgrade.then(|| {
+                let t = super::tunnel::Tunnel::new(drain(shutdown.clone(), self.grace_period));
+                let c = t.clock();
+                framed.tunnel = Some(Box::new(t));
+                c
+            });
             let mut session = ServerSession::new_http1(framed);
             match persistent.take() {
                 Some(p) => p.apply_to_session(&mut session),
@@ -273,8 +290,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
             // Pingora's pipelining stays off: the framed stream never gives it bytes of the
             // next request, so the guard's bytes are the only prefix.
             session.set_pipelined_prefix(accepted.prefix);
-            let (next, settings) = self.inner.process_new_http(session, shutdown).await?.consume();
+            let served = match clock {
+                None => self.inner.process_new_http(session, shutdown).await,
+                Some(c) => super::tunnel::scope(c, self.inner.process_new_http(session, shutdown)).await,
+            };
+            let (next, settings) = served?.consume();
             framed = next.into_any().downcast::<Framed>().ok()?;
+            framed.tunnel = None;
             persistent = settings;
         }
     }
@@ -282,4 +304,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
     async fn cleanup(&self) {
         self.inner.http_cleanup().await
     }
+}
+
+/// Resolves shortly before a shutdown's grace period ends (Pingora drops every task when it
+/// does): open WebSocket sessions then get their close frame while it can still go out.
+async fn drain(mut shutdown: ShutdownWatch, grace: std::time::Duration) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            // The server is gone without a shutdown: nothing to drain for.
+            std::future::pending::<()>().await;
+        }
+    }
+    let margin = (grace / 2).min(std::time::Duration::from_secs(1));
+    tokio::time::sleep(grace.saturating_sub(margin)).await;
 }

@@ -21,6 +21,7 @@ mod io;
 mod linger;
 mod proxy_protocol;
 mod reply;
+mod tunnel;
 
 pub use check::{check, valid_authority, Limits, Refusal, Verdict, MAX_HEADERS_CEILING};
 pub use chunked::{Chunked, FramingError};
@@ -28,6 +29,7 @@ pub use connections::Connections;
 pub use entry::{ListenerRt, Listeners};
 pub use framed::{is_framing_error, After, Body};
 pub use header::HeaderGuard;
+pub use tunnel::arm as arm_websocket;
 
 /// HTTP/2 settings for downstream connections: Pingora's bounded defaults (64 KiB header
 /// list, 100 concurrent streams), the header list also held to `max_header_size`, and the

@@ -31,6 +31,12 @@ pub struct Ctx {
     pub body_bytes: u64,
     /// The connection's TLS, when it has one (version, cipher, and `tls::TlsInfo`).
     pub tls: Option<Arc<pingora_core::protocols::tls::SslDigest>>,
+    /// The request asks to become a WebSocket session.
+    pub websocket: bool,
+    /// Set once the upstream answered 101: the session, counted while open.
+    pub ws_open: Option<super::stream::Open>,
+    /// The upstream may take any time between reads (a WebSocket, an event stream).
+    pub unbounded_reads: bool,
 }
 
 /// What happened on the upstream side.
@@ -71,6 +77,9 @@ impl Ctx {
             max_body: u64::MAX,
             body_bytes: 0,
             tls: None,
+            websocket: false,
+            ws_open: None,
+            unbounded_reads: false,
         }
     }
 

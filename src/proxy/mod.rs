@@ -14,6 +14,7 @@ mod forward;
 pub mod identity;
 mod listener;
 mod observe;
+mod stream;
 mod target;
 
 use crate::live::Live;
@@ -114,6 +115,18 @@ impl ProxyHttp for Gateway {
         ctx.strip = strip;
         ctx.plugin.route = route.name.clone();
         ctx.route = Some(route.clone());
+        ctx.websocket = stream::wants_websocket(session);
+        if ctx.websocket {
+            // Either the connection becomes the session or it ends: what the client sends
+            // after this request may be frames, never a next request.
+            session.set_keepalive(None);
+            if route.websocket.is_none() {
+                ctx.error = Some("websocket_not_allowed");
+                answer::error(session, ctx, 400, "this route does not accept WebSocket upgrades").await;
+                return Ok(true);
+            }
+        }
+        ctx.unbounded_reads = route.streaming || ctx.websocket || stream::wants_event_stream(session.req_header());
 
         let limit = route
             .max_body
@@ -158,6 +171,11 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        if let (true, Some(idle)) = (ctx.websocket, route.websocket) {
+            // The session's one idle clock (both directions) replaces the per-read deadline.
+            session.set_read_timeout(None);
+            crate::listen::arm_websocket(idle);
+        }
         Ok(false)
     }
 
@@ -187,7 +205,10 @@ impl ProxyHttp for Gateway {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let (Some(policy), Some(cache)) = (ctx.route.as_ref().and_then(|r| r.cache.clone()), crate::cache::get()) else {
+        let (Some(policy), Some(cache)) = (
+            ctx.route.as_ref().filter(|r| !r.streaming).and_then(|r| r.cache.clone()),
+            crate::cache::get(),
+        ) else {
             return Ok(());
         };
         if !policy.applies(session.req_header(), ctx.plugin.consumer_name()) {
@@ -261,7 +282,11 @@ impl ProxyHttp for Gateway {
         ctx.upstream.target = Some(cluster.targets[idx].name.clone());
         ctx.upstream.in_flight = Some(crate::upstream::InFlight::new(cluster.clone(), idx));
         ctx.upstream.started = Some(Instant::now());
-        Ok(cluster.peer(idx, route.timeout))
+        let mut peer = cluster.peer(idx, route.timeout);
+        if ctx.unbounded_reads {
+            peer.options.read_timeout = None;
+        }
+        Ok(peer)
     }
 
     fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
@@ -326,6 +351,9 @@ impl ProxyHttp for Gateway {
             ctx.upstream.elapsed.get_or_insert_with(|| started.elapsed());
         }
         ctx.upstream.status = Some(resp.status.as_u16());
+        if ctx.websocket && resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.ws_open = Some(stream::Open::start(ctx.route_name()));
+        }
         forward::response_headers(resp, ctx, cache_header);
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {

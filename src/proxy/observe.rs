@@ -19,6 +19,11 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     let bytes_in = session.body_bytes_read();
     let bytes_out = session.body_bytes_sent();
     let target = ctx.upstream.target.clone();
+    let websocket = ctx
+        .ws_open
+        .take()
+        .map(|open| open.finish(ctx.route_name(), bytes_in, bytes_out))
+        .is_some();
 
     let req = session.req_header();
     let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
@@ -52,6 +57,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 consumer: ctx.plugin.consumer_name(),
                 rejection: ctx.plugin.rejection.or(ctx.error),
                 error: err_text,
+                websocket,
                 tls: ctx.tls.as_ref().map(|t| {
                     let info = ctx.tls_info();
                     crate::access_log::TlsFields {

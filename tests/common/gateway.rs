@@ -233,3 +233,43 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// Kills a process the test started indirectly (the new daemon after an upgrade).
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+impl Gateway {
+    /// Runs scripts/upgrade; returns (success, its output). Output goes through a file: the
+    /// new daemon inherits the script's stdout, so a pipe would stay open as long as it runs.
+    pub fn upgrade(&self) -> (bool, String) {
+        let log = self.dir.join("upgrade.log");
+        let f = std::fs::File::create(&log).expect("upgrade log");
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/upgrade"))
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("-b")
+            .arg(Self::bin())
+            .env("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .status()
+            .expect("run scripts/upgrade");
+        (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// The pid the pid file names now (the new process after an upgrade).
+    pub fn pid_file_pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.join("gatehouse.pid"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}

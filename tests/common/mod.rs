@@ -8,6 +8,7 @@ pub mod load;
 pub mod redis;
 pub mod tls;
 pub mod upstream;
+pub mod ws;
 
 pub use client::{get, request, Response};
 pub use gateway::Gateway;
