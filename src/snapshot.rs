@@ -41,6 +41,8 @@ pub struct Route {
     pub websocket: Option<Duration>,
     /// No read deadline between chunks (`streaming`, or `timeout = "0s"`).
     pub streaming: bool,
+    pub grpc: bool,
+    pub grpc_web: bool,
     /// Sorted by priority, highest first: the request-side order.
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: RouteMetrics,
@@ -241,6 +243,8 @@ impl Snapshot {
                 max_body: r.max_body.map(|s| s.0),
                 websocket: r.websocket.then_some(r.websocket_idle_timeout.0),
                 streaming: r.streaming || r.timeout.is_some_and(|d| d.0.is_zero()),
+                grpc: r.grpc,
+                grpc_web: r.grpc_web,
                 plugins,
                 metrics: RouteMetrics {
                     duration: METRICS.request_duration.with_label_values(&[name]),

@@ -29,6 +29,9 @@ pub struct Line<'a> {
     /// The request became a WebSocket session: the line is written when it ends, with
     /// its duration and its bytes each way.
     pub websocket: bool,
+    pub grpc_status: Option<u16>,
+    /// `/package.Service/Method` of a gRPC call.
+    pub grpc_method: Option<&'a str>,
     pub tls: Option<TlsFields<'a>>,
 }
 
@@ -77,6 +80,12 @@ impl Line<'_> {
         }
         if self.websocket {
             out.extend_from_slice(b",\"websocket\":true");
+        }
+        if let Some(m) = self.grpc_method {
+            field_str(out, "grpc_method", m);
+        }
+        if let Some(c) = self.grpc_status {
+            field_uint(out, "grpc_status", c as u64);
         }
         if let Some(t) = &self.tls {
             field_str(out, "tls_version", t.version);
@@ -215,6 +224,8 @@ mod tests {
             rejection: None,
             error: None,
             websocket: false,
+            grpc_status: None,
+            grpc_method: None,
             tls: None,
         }
     }

@@ -438,6 +438,8 @@ pub enum CheckKind {
     #[default]
     Http,
     Tcp,
+    /// `grpc.health.v1.Health/Check`: SERVING is healthy.
+    Grpc,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -460,6 +462,9 @@ pub struct HealthCheck {
     /// Host header for HTTP checks; default: the target address.
     #[serde(default)]
     pub host: Option<String>,
+    /// The service a gRPC check asks about; default: the server as a whole ("").
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 fn d_hc_path() -> String {
@@ -517,6 +522,12 @@ pub struct Route {
     /// Server-sent events and long polls: no read deadline between chunks.
     #[serde(default)]
     pub streaming: bool,
+    /// gRPC: the gateway's own answers as gRPC statuses, never cached.
+    #[serde(default)]
+    pub grpc: bool,
+    /// Also accept grpc-web (binary and text) from browsers over HTTP/1.1.
+    #[serde(default)]
+    pub grpc_web: bool,
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
 }

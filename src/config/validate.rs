@@ -330,6 +330,9 @@ fn upstreams(f: &File, out: &mut Findings) {
             if hc.healthy_after == 0 || hc.unhealthy_after == 0 {
                 out.push((hk.clone(), "healthy_after and unhealthy_after must be at least 1".into()));
             }
+            if hc.kind == super::file::CheckKind::Grpc && !u.http2 {
+                out.push((format!("{hk}.type"), "a grpc check needs http2 = true on the upstream".into()));
+            }
             if hc.expect_status.iter().any(|s| !(100..=599).contains(s)) {
                 out.push((format!("{hk}.expect_status"), "statuses must be between 100 and 599".into()));
             }
@@ -474,6 +477,25 @@ fn routes(f: &File, out: &mut Findings) {
                 out.push((format!("{base}.upstream"), "required unless the route has a respond plugin".into()));
             }
             _ => {}
+        }
+        if r.grpc {
+            if let Some(u) = r.upstream.as_ref().and_then(|u| f.upstreams.get(u)) {
+                if !u.http2 {
+                    out.push((
+                        format!("{base}.grpc"),
+                        "gRPC needs HTTP/2 to the targets: set http2 = true on the upstream".into(),
+                    ));
+                }
+            }
+            if r.plugins.contains_key(crate::cache::PLUGIN) {
+                out.push((format!("{base}.plugins.cache"), "gRPC answers are never cached".into()));
+            }
+        }
+        if r.grpc_web && !r.grpc {
+            out.push((
+                format!("{base}.grpc_web"),
+                "grpc-web is bridged to gRPC: set grpc = true too".into(),
+            ));
         }
         plugins(&format!("{base}.plugins"), &r.plugins, out);
     }

@@ -208,6 +208,8 @@ impl<A> HeaderGuard<A> {
                 rejection: Some(reason),
                 error: None,
                 websocket: false,
+                grpc_status: None,
+                grpc_method: None,
                 tls: None,
             });
         }

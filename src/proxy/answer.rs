@@ -19,21 +19,36 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, status: u16, message: &
 /// Writes an answer. `run_plugins`: whether the route's response-side plugins see it
 /// (they do for plugin answers, so e.g. CORS and security headers apply to a 401 too).
 pub async fn write(session: &mut Session, ctx: &mut Ctx, mut answer: Answer, run_plugins: bool) {
-    if let Some(message) = answer.error.take() {
-        answer.body = error_body(answer.status, &message, &ctx.plugin.request_id);
-    }
     ctx.own_status = Some(answer.status);
-    let mut resp = match ResponseHeader::build(answer.status, Some(answer.headers.len() + 3)) {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("cannot build a {} response: {e}", answer.status);
-            return;
+    // A gRPC client reads a refusal as a status code in a trailers-only answer.
+    let grpc = ctx.grpc.filter(|_| answer.status >= 400);
+    let built = match grpc {
+        Some(kind) => {
+            let message = match answer.error.take() {
+                Some(m) => m,
+                None => String::from_utf8_lossy(&answer.body).into_owned(),
+            };
+            answer.body = Bytes::new();
+            ctx.grpc_status = Some(super::grpc::code_for(answer.status));
+            super::grpc::answer(kind, answer.status, &message)
         }
+        None => {
+            if let Some(message) = answer.error.take() {
+                answer.body = error_body(answer.status, &message, &ctx.plugin.request_id);
+            }
+            ResponseHeader::build(answer.status, Some(answer.headers.len() + 3)).ok()
+        }
+    };
+    let Some(mut resp) = built else {
+        log::error!("cannot build a {} response", answer.status);
+        return;
     };
     for (n, v) in answer.headers {
         let _ = resp.append_header(n, v);
     }
-    let _ = resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len());
+    if grpc.is_none() {
+        let _ = resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len());
+    }
     if let Ok(v) = http::HeaderValue::from_str(&ctx.plugin.request_id) {
         let _ = resp.insert_header("x-request-id", v);
     }

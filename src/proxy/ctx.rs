@@ -37,6 +37,14 @@ pub struct Ctx {
     pub ws_open: Option<super::stream::Open>,
     /// The upstream may take any time between reads (a WebSocket, an event stream).
     pub unbounded_reads: bool,
+    /// The client speaks gRPC (or grpc-web): the gateway's own answers are gRPC statuses.
+    pub grpc: Option<super::grpc::Kind>,
+    /// `grpc-status` of the answer (the upstream's trailers, or the gateway's own).
+    pub grpc_status: Option<u16>,
+    /// `grpc-timeout` on a gRPC route: no read from the upstream waits longer.
+    pub grpc_deadline: Option<Duration>,
+    /// grpc-web bridged to gRPC for this request.
+    pub web: Option<Box<super::grpc_web::WebBridge>>,
 }
 
 /// What happened on the upstream side.
@@ -80,6 +88,10 @@ impl Ctx {
             websocket: false,
             ws_open: None,
             unbounded_reads: false,
+            grpc: None,
+            grpc_status: None,
+            grpc_deadline: None,
+            web: None,
         }
     }
 

@@ -11,6 +11,8 @@ mod auth;
 mod chain;
 pub mod ctx;
 mod forward;
+mod grpc;
+mod grpc_web;
 pub mod identity;
 mod listener;
 mod observe;
@@ -53,6 +55,7 @@ impl ProxyHttp for Gateway {
         }
         session.set_write_timeout(Some(snap.file.server.send_timeout.0));
         forward::identify(session, ctx, &snap);
+        ctx.grpc = grpc::kind(session.req_header());
         let on = listener::note(session, ctx, &self.listeners);
         if session.req_header().version == http::Version::HTTP_2 {
             if let Some((a, reason)) = target::h2_limits(session.req_header(), &snap.file.server) {
@@ -127,6 +130,14 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.unbounded_reads = route.streaming || ctx.websocket || stream::wants_event_stream(session.req_header());
+        if let Some(kind) = ctx.grpc {
+            if route.grpc {
+                ctx.grpc_deadline = grpc::timeout(session.req_header());
+            }
+            if kind != grpc::Kind::Grpc && route.grpc_web {
+                ctx.web = Some(grpc_web::WebBridge::start(session.req_header_mut(), kind == grpc::Kind::WebText)?);
+            }
+        }
 
         let limit = route
             .max_body
@@ -188,6 +199,9 @@ impl ProxyHttp for Gateway {
         if session.was_upgraded() {
             return Ok(());
         }
+        if let Some(w) = ctx.web.as_mut() {
+            w.request_body(body, end)?;
+        }
         // An h2 stream may end with an empty DATA frame; passed on, Pingora writes it to a
         // chunked HTTP/1 upstream as a last chunk and then finishes the body with another, and
         // the upstream reads the second as the start of a request (pingora#935).
@@ -206,7 +220,10 @@ impl ProxyHttp for Gateway {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let (Some(policy), Some(cache)) = (
-            ctx.route.as_ref().filter(|r| !r.streaming).and_then(|r| r.cache.clone()),
+            ctx.route
+                .as_ref()
+                .filter(|r| !r.streaming && ctx.grpc.is_none())
+                .and_then(|r| r.cache.clone()),
             crate::cache::get(),
         ) else {
             return Ok(());
@@ -286,6 +303,10 @@ impl ProxyHttp for Gateway {
         if ctx.unbounded_reads {
             peer.options.read_timeout = None;
         }
+        if let Some(d) = ctx.grpc_deadline {
+            let left = grpc::left(d, ctx.start);
+            peer.options.read_timeout = Some(peer.options.read_timeout.map_or(left, |t| t.min(left)));
+        }
         Ok(peer)
     }
 
@@ -327,6 +348,18 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         forward::upstream_headers(session, upstream, ctx)?;
+        if ctx.grpc.is_some() && !upstream.headers.contains_key(http::header::TE) {
+            // gRPC servers want `te: trailers`, which Pingora strips from a request that
+            // came over HTTP/1.1 (grpc-web) as hop-by-hop.
+            upstream.insert_header(http::header::TE, "trailers")?;
+        }
+        if let Some(w) = ctx.web.as_ref() {
+            w.upstream_request(upstream);
+        }
+        if let Some(d) = ctx.grpc_deadline {
+            // The upstream gets what is left of the client's deadline, not all of it again.
+            upstream.insert_header("grpc-timeout", grpc::timeout_value(grpc::left(d, ctx.start)))?;
+        }
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
                 if chain::upstream_request(p, upstream, &ctx.plugin).is_err() {
@@ -354,7 +387,18 @@ impl ProxyHttp for Gateway {
         if ctx.websocket && resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.ws_open = Some(stream::Open::start(ctx.route_name()));
         }
+        if ctx.grpc.is_some() {
+            // Trailers-only answers carry the status in the header block.
+            ctx.grpc_status = grpc::status_in(&resp.headers).map(|c| grpc::settled(c, ctx.grpc_deadline, ctx.start));
+            if ctx.grpc_status == Some(4) && grpc::status_in(&resp.headers) != Some(4) {
+                resp.insert_header("grpc-status", "4")?;
+                resp.insert_header("grpc-message", "deadline%20exceeded")?;
+            }
+        }
         forward::response_headers(resp, ctx, cache_header);
+        if let Some(w) = ctx.web.as_mut() {
+            w.response_header(resp)?;
+        }
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
                 if chain::response(p, resp, &ctx.plugin).is_err() {
@@ -364,6 +408,43 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(w) = ctx.web.as_mut() {
+            w.response_body(body, end);
+        }
+        Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(&self, _session: &mut Session, trailers: &mut http::HeaderMap, ctx: &mut Ctx) -> Result<()> {
+        if ctx.grpc.is_some() {
+            ctx.grpc_status = grpc::status_in(trailers).map(|c| grpc::settled(c, ctx.grpc_deadline, ctx.start));
+            if ctx.grpc_status == Some(4) && grpc::status_in(trailers) != Some(4) {
+                trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+                trailers.insert("grpc-message", http::HeaderValue::from_static("deadline%20exceeded"));
+            }
+        }
+        Ok(())
+    }
+
+    /// grpc-web has no trailers: they become the body's last frame.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<bytes::Bytes>> {
+        match ctx.web.as_mut() {
+            Some(w) => w.trailers(trailers),
+            None => Ok(None),
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

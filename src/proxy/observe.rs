@@ -29,6 +29,11 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
     if metrics_on {
         record_metrics(crate::metrics::method_label(&req.method), status, elapsed, bytes_in, bytes_out, ctx);
+        if ctx.grpc.is_some() {
+            // A method the upstream knows is a bounded set; anything else is `_other`.
+            let known = ctx.upstream.status.is_some() && ctx.grpc_status != Some(12);
+            super::grpc::record(ctx.route_name(), super::grpc::method_label(req.uri.path(), known), ctx.grpc_status);
+        }
     }
     if let Some(route) = ctx.route.as_ref() {
         for p in route.plugins.iter() {
@@ -58,6 +63,8 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 rejection: ctx.plugin.rejection.or(ctx.error),
                 error: err_text,
                 websocket,
+                grpc_status: ctx.grpc.and(ctx.grpc_status),
+                grpc_method: ctx.grpc.map(|_| req.uri.path()),
                 tls: ctx.tls.as_ref().map(|t| {
                     let info = ctx.tls_info();
                     crate::access_log::TlsFields {
@@ -77,6 +84,8 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let outcome = match e {
             Some(e) if target_caused(e) => Some(false),
             Some(_) => None,
+            // A gRPC call fails with HTTP 200: its status says whether the target did.
+            None if ctx.grpc_status.is_some_and(super::grpc::target_fault) => Some(false),
             None => ctx.upstream.status.map(|s| s < 500),
         };
         if let Some(ok) = outcome {

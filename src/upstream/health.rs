@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A connection a check talks HTTP over: plain or TLS.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(super) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 pub struct HealthChecker {
@@ -65,43 +65,57 @@ impl BackgroundService for HealthChecker {
 }
 
 /// One check, bounded by the check's timeout. HTTP checks send a minimal GET and read the
-/// status line; anything unexpected counts as a failure. TLS targets are checked over TLS,
-/// verified as requests are (a certificate that stops verifying takes a target out).
+/// status line; gRPC checks ask `grpc.health.v1.Health/Check`; anything unexpected counts
+/// as a failure. TLS targets are checked over TLS, verified as requests are (a certificate
+/// that stops verifying takes a target out).
 pub async fn probe(addr: std::net::SocketAddr, host: &str, hc: &HealthCheck, tls: Option<&PeerTls>) -> bool {
     let check = async {
-        let tcp = TcpStream::connect(addr).await.ok()?;
-        let mut s: Box<dyn Io> = match tls {
-            Some(t) => {
-                let ssl = t.connector.configure().ok()?.into_ssl(&t.sni).ok()?;
-                let mut s = pingora_core::tls::tokio_ssl::SslStream::new(ssl, tcp).ok()?;
-                std::pin::Pin::new(&mut s).connect().await.ok()?;
-                Box::new(s)
-            }
-            None => Box::new(tcp),
-        };
-        if hc.kind == CheckKind::Tcp {
-            return Some(true);
+        let s = connect(addr, tls, hc.kind == CheckKind::Grpc).await?;
+        match hc.kind {
+            CheckKind::Tcp => Some(true),
+            CheckKind::Grpc => super::health_grpc::serving(s, hc.service.as_deref().unwrap_or("")).await,
+            CheckKind::Http => http_check(s, hc.host.as_deref().unwrap_or(host), hc).await,
         }
-        let host = hc.host.as_deref().unwrap_or(host);
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
-            hc.path
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while n < 12 {
-            let r = s.read(&mut buf[n..]).await.ok()?;
-            if r == 0 {
-                break;
-            }
-            n += r;
-        }
-        let line = std::str::from_utf8(&buf[..n]).ok()?;
-        let status: u16 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
-        Some(hc.expect_status.contains(&status))
     };
     matches!(tokio::time::timeout(hc.timeout.0, check).await, Ok(Some(true)))
+}
+
+/// A connection to the target, over TLS when it has it (offering h2 for a gRPC check).
+pub(super) async fn connect(addr: std::net::SocketAddr, tls: Option<&PeerTls>, h2: bool) -> Option<Box<dyn Io>> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    Some(match tls {
+        Some(t) => {
+            let mut conf = t.connector.configure().ok()?;
+            if h2 {
+                conf.set_alpn_protos(b"\x02h2").ok()?;
+            }
+            let ssl = conf.into_ssl(&t.sni).ok()?;
+            let mut s = pingora_core::tls::tokio_ssl::SslStream::new(ssl, tcp).ok()?;
+            std::pin::Pin::new(&mut s).connect().await.ok()?;
+            Box::new(s)
+        }
+        None => Box::new(tcp),
+    })
+}
+
+async fn http_check(mut s: Box<dyn Io>, host: &str, hc: &HealthCheck) -> Option<bool> {
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n",
+        hc.path
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let r = s.read(&mut buf[n..]).await.ok()?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    let status: u16 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+    Some(hc.expect_status.contains(&status))
 }
 
 impl Cluster {

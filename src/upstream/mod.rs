@@ -5,6 +5,7 @@
 
 mod balance;
 pub mod health;
+mod health_grpc;
 mod tls;
 
 use crate::config::{self, Balance};

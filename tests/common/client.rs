@@ -13,6 +13,8 @@ pub struct Response {
     /// Header names exactly as they arrived, for header-case tests.
     pub raw_names: Vec<String>,
     pub body: String,
+    /// The body's bytes, for binary framings.
+    pub raw_body: Vec<u8>,
 }
 
 impl Response {
@@ -87,6 +89,7 @@ fn complete(buf: &[u8]) -> Option<Response> {
     if let Some(n) = r.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         return (rest.len() >= n).then(|| Response {
             body: String::from_utf8_lossy(&rest[..n]).into_owned(),
+            raw_body: rest[..n].to_vec(),
             ..r
         });
     }
@@ -115,6 +118,7 @@ pub fn parse(buf: &[u8]) -> Option<Response> {
         headers,
         raw_names,
         body: String::from_utf8_lossy(&body).into_owned(),
+        raw_body: body,
     })
 }
 

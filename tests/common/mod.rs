@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod grpc;
 pub mod load;
 pub mod redis;
 pub mod tls;
