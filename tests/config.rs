@@ -171,6 +171,27 @@ fn each_kind_of_bad_input_is_refused_with_key_and_reason() {
         "routes.users.upstream",
         "required unless",
     );
+    // Streaming protocols: gRPC needs HTTP/2 to its targets; grpc-web bridges to gRPC.
+    refused(
+        &BASE.replace("upstream = \"users\"", "upstream = \"users\"\ngrpc = true"),
+        "routes.users.grpc",
+        "set http2 = true",
+    );
+    refused(
+        &BASE.replace("upstream = \"users\"", "upstream = \"users\"\ngrpc_web = true"),
+        "routes.users.grpc_web",
+        "set grpc = true too",
+    );
+    refused(
+        &format!("{BASE}\n[upstreams.users.health_check]\ntype = \"grpc\"\n"),
+        "upstreams.users.health_check.type",
+        "needs http2 = true",
+    );
+    refused(
+        &BASE.replace("upstream = \"users\"", "upstream = \"users\"\nwebsocket_idle_timeout = \"soon\""),
+        "routes.users.websocket_idle_timeout",
+        "soon",
+    );
 }
 
 #[test]

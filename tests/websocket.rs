@@ -34,7 +34,7 @@ upstream = "chat"
     )
 }
 
-fn echo(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, text: &str) {
+fn echo<S: std::io::Read + std::io::Write>(ws: &mut tungstenite::WebSocket<S>, text: &str) {
     ws.send(Message::text(text.to_string())).expect("send");
     let back = ws.read().expect("echo");
     assert_eq!(back.into_text().expect("text").as_str(), text);
@@ -279,4 +279,43 @@ fn sessions_survive_a_reload_and_end_with_1001_when_an_upgrades_grace_runs_out()
     let mut s = std::net::TcpStream::connect(&gw.addr).unwrap();
     s.write_all(b"GET /v HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut s).unwrap().body, "reloaded");
+}
+
+#[test]
+fn wss_through_a_tls_listener_with_the_same_idle_clock() {
+    let up = WsUpstream::start();
+    let dir = common::gateway::test_dir();
+    let ca = common::tls::Ca::new("ws CA");
+    let leaf = ca.leaf(&dir, "chat", &["chat.test"], -1, 30);
+    let https = format!("127.0.0.1:{}", common::free_port());
+    let header = common::gateway::HEADER.replace(
+        "[admin]",
+        &format!(
+            "[listeners.https]\naddr = \"{https}\"\ntls = true\n[tls.certificates.chat]\ncert = \"file:{}\"\nkey = \"file:{}\"\ndefault = true\n\n[admin]",
+            leaf.cert.display(),
+            leaf.key.display()
+        ),
+    );
+    let gw = Gateway::start_raw(&format!("{header}\n{}", routes(&up, "websocket_idle_timeout = \"1s\"")), &[]);
+    let tls = common::tls::connect(&https, &common::tls::Hello::sni("chat.test")).expect("TLS handshake");
+    let (mut ws, resp) = tungstenite::client("wss://chat.test/ws", tls.stream).expect("upgrade over TLS");
+    assert_eq!(resp.status(), 101);
+    echo(&mut ws, "over tls");
+    ws.send(Message::text("push 4 400")).unwrap();
+    for i in 0..4 {
+        assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), format!("push-{i}"));
+    }
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(code, Some(1001), "idle over TLS ends with going-away");
+    wait_until(Duration::from_secs(5), "the session's line, with its TLS fields", || {
+        gw.access_log()
+            .iter()
+            .any(|l| l["websocket"] == true && l["tls_version"].is_string())
+    });
 }

@@ -491,6 +491,9 @@ fn routes(f: &File, out: &mut Findings) {
                 out.push((format!("{base}.plugins.cache"), "gRPC answers are never cached".into()));
             }
         }
+        if r.websocket && r.websocket_idle_timeout.0.is_zero() {
+            out.push((format!("{base}.websocket_idle_timeout"), "must be greater than zero".into()));
+        }
         if r.grpc_web && !r.grpc {
             out.push((
                 format!("{base}.grpc_web"),
