@@ -29,7 +29,7 @@ pub use connections::Connections;
 pub use entry::{ListenerRt, Listeners};
 pub use framed::{is_framing_error, After, Body};
 pub use header::HeaderGuard;
-pub use tunnel::arm as arm_websocket;
+pub use tunnel::{arm as arm_websocket, upgraded as websocket_upgraded};
 
 /// HTTP/2 settings for downstream connections: Pingora's bounded defaults (64 KiB header
 /// list, 100 concurrent streams), the header list also held to `max_header_size`, and the

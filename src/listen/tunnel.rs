@@ -15,7 +15,7 @@ use pingora_core::protocols::Stream;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -30,7 +30,14 @@ pub struct Clock {
     /// 0: not armed (the request has not been let through as a WebSocket upgrade).
     idle_ms: AtomicU64,
     last_ms: AtomicU64,
+    /// WAITING for the upstream's answer, HEAD (a 101 is being written), OPEN (what goes
+    /// to the client since is frames).
+    phase: AtomicU8,
 }
+
+const WAITING: u8 = 0;
+const HEAD: u8 = 1;
+const OPEN: u8 = 2;
 
 impl Clock {
     fn now_ms(&self) -> u64 {
@@ -71,6 +78,12 @@ pub fn arm(idle: Duration) -> bool {
         .is_ok()
 }
 
+/// Called by the proxy when the upstream's 101 is about to go to the client: after its
+/// head, the bytes written are WebSocket frames.
+pub fn upgraded() {
+    let _ = CURRENT.try_with(|c| c.phase.store(HEAD, Ordering::Relaxed));
+}
+
 /// Runs `f` (Pingora serving one upgrade request) where [`arm`] can find the clock.
 pub async fn scope<F: Future>(clock: Arc<Clock>, f: F) -> F::Output {
     CURRENT.scope(clock, f).await
@@ -86,6 +99,8 @@ pub struct Tunnel {
     /// (The mutex only makes the boxed future `Sync`, as Pingora's stream must be.)
     drain: Mutex<Drain>,
     out: Frames,
+    /// How much of the head's closing CRLF CRLF has gone out.
+    head_end: u8,
     close: Close,
     /// The read waiting for a frame the server is still writing to end.
     reader: Option<Waker>,
@@ -106,12 +121,14 @@ impl Tunnel {
             base: Instant::now(),
             idle_ms: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            phase: AtomicU8::new(WAITING),
         });
         Tunnel {
             clock,
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             drain: Mutex::new(Box::pin(drain)),
             out: Frames::default(),
+            head_end: 0,
             close: Close::No,
             reader: None,
         }
@@ -139,6 +156,12 @@ impl Tunnel {
             }
         }
         if matches!(self.close, Close::Wanted) {
+            if self.clock.phase.load(Ordering::Relaxed) != OPEN {
+                // No session yet (the upstream has not answered, or not with a 101): no
+                // close frame to send, the connection just ends.
+                self.close = Close::Sent;
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle before the upgrade")));
+            }
             if !self.out.at_boundary() {
                 self.reader = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -213,12 +236,42 @@ impl Tunnel {
             return;
         }
         self.clock.touch();
-        self.out.feed(data);
+        let frames = match self.clock.phase.load(Ordering::Relaxed) {
+            OPEN => data,
+            HEAD => {
+                let Some(end) = self.head_done(data) else { return };
+                self.clock.phase.store(OPEN, Ordering::Relaxed);
+                &data[end..]
+            }
+            _ => return,
+        };
+        self.out.feed(frames);
         if matches!(self.close, Close::Wanted) && self.out.at_boundary() {
             if let Some(w) = self.reader.take() {
                 w.wake();
             }
         }
+    }
+}
+
+impl Tunnel {
+    /// Where in `data` the 101's head ends (just past its CRLF CRLF), if it does.
+    fn head_done(&mut self, data: &[u8]) -> Option<usize> {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for (i, b) in data.iter().enumerate() {
+            let want = END[self.head_end as usize];
+            self.head_end = if *b == want {
+                self.head_end + 1
+            } else if *b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.head_end == 4 {
+                return Some(i + 1);
+            }
+        }
+        None
     }
 }
 

@@ -386,6 +386,7 @@ impl ProxyHttp for Gateway {
         ctx.upstream.status = Some(resp.status.as_u16());
         if ctx.websocket && resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.ws_open = Some(stream::Open::start(ctx.route_name()));
+            crate::listen::websocket_upgraded();
         }
         if ctx.grpc.is_some() {
             // Trailers-only answers carry the status in the header block.
