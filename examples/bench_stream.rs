@@ -4,8 +4,9 @@
 //!
 //! Rows: `G-h1` plain HTTP/1.1 keep-alive through Gatehouse (wrk; the G0 shape: one route,
 //! no plugins, metrics and log off), `D-grpc` tonic client straight to the tonic server,
-//! `G-grpc` the same through Gatehouse (h2c in, HTTP/2 to the server), `N-ws` and `G-ws`
-//! WebSocket echo round trips through nginx and Gatehouse. CPU is the proxy's utime+stime
+//! `G-grpc` the same through Gatehouse (h2c in, HTTP/2 to the server), `N-ws`, `P-ws` and
+//! `G-ws` WebSocket echo round trips through nginx, bare Pingora (`bare_proxy`, the floor
+//! any Pingora proxy pays for an upgraded session) and Gatehouse. CPU is the proxy's utime+stime
 //! per request, call or message. Rounds are interleaved; ratios pair rows of one round and
 //! the medians are reported. The load clients are this program re-run in a client mode
 //! (`bench_stream load-grpc|load-ws ...`), and so are the servers (`serve-grpc|serve-ws`),
@@ -328,6 +329,11 @@ fn main() {
     assert!(wait_port(np), "nginx did not start");
     let gp = free_port();
     let mut g = gatehouse(&o, &dir, gp, &grpc_addr, &ws_addr, up);
+    let pp = free_port();
+    let mut c = pinned(&o.proxy_cpus, "target/release/examples/bare_proxy");
+    c.arg(format!("127.0.0.1:{pp}")).arg(&ws_addr).arg("1");
+    let mut p = spawn(c, &dir.join("bare.log"));
+    assert!(wait_port(pp), "bare_proxy did not start");
 
     let rows = [
         Row {
@@ -351,13 +357,18 @@ fn main() {
             load: Load::Ws(format!("127.0.0.1:{np}")),
         },
         Row {
+            name: "P-ws",
+            pid: Some(p.id()),
+            load: Load::Ws(format!("127.0.0.1:{pp}")),
+        },
+        Row {
             name: "G-ws",
             pid: Some(g.id()),
             load: Load::Ws(format!("127.0.0.1:{gp}")),
         },
     ];
     let mut samples: BTreeMap<&str, Vec<(Done, Option<f64>)>> = BTreeMap::new();
-    let (mut grpc_ratio, mut ws_ratio) = (Vec::new(), Vec::new());
+    let (mut grpc_ratio, mut ws_ratio, mut floor_ratio) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..o.rounds {
         let mut this: BTreeMap<&str, (Done, Option<f64>)> = BTreeMap::new();
         for r in &rows {
@@ -377,8 +388,9 @@ fn main() {
         grpc_ratio.push(cpu("G-grpc") / cpu("G-h1"));
         // Messages per CPU-second: Gatehouse's over nginx's (higher is better for G).
         ws_ratio.push(cpu("N-ws") / cpu("G-ws"));
+        floor_ratio.push(cpu("G-ws") / cpu("P-ws"));
     }
-    for c in [&mut g, &mut n, &mut upstream, &mut grpc_server, &mut ws_server] {
+    for c in [&mut g, &mut n, &mut p, &mut upstream, &mut grpc_server, &mut ws_server] {
         stop(c);
     }
     let mut table = String::from("| row | ops/round | errors | CPU us/op | ops per CPU-s | p99 us |\n|---|---:|---:|---:|---:|---:|\n");
@@ -399,17 +411,20 @@ fn main() {
         ));
         json_rows.insert(r.name.into(), json!({ "cpu_us": cpu, "p99_us": p, "ops": ops, "errors": errors }));
     }
-    let (gr, wr) = (median(grpc_ratio), median(ws_ratio));
+    let (gr, wr, fr) = (median(grpc_ratio), median(ws_ratio), median(floor_ratio));
+    let f2 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     table.push_str(&format!(
         "\ngRPC CPU per call / HTTP/1.1 CPU per request (target <= 1.2): {}\n\
-         WebSocket messages per CPU-second, Gatehouse / nginx (target >= 1.0): {}\n",
-        gr.map_or("-".into(), |v| format!("{v:.2}")),
-        wr.map_or("-".into(), |v| format!("{v:.2}")),
+         WebSocket messages per CPU-second, Gatehouse / nginx (target >= 1.0): {}\n\
+         WebSocket CPU per message, Gatehouse / bare Pingora: {}\n",
+        f2(gr),
+        f2(wr),
+        f2(fr),
     ));
     println!("{table}");
     let report = json!({
         "machine": machine(), "commit": commit(), "rounds": o.rounds, "duration_s": o.duration,
-        "rows": json_rows, "grpc_over_h1": gr, "ws_g_over_n": wr,
+        "rows": json_rows, "grpc_over_h1": gr, "ws_g_over_n": wr, "ws_g_over_p": fr,
     });
     if let Some(p) = o.out.parent() {
         let _ = std::fs::create_dir_all(p);

@@ -243,7 +243,11 @@ fn websocket_echo() -> String {
 #[test]
 fn upgraded_bytes_skip_the_body_limit_and_the_breaker() {
     let echo = websocket_echo();
-    let gw = gateway(&echo, "", "[upstreams.u.circuit_breaker]\nconsecutive_failures = 1");
+    let gw = gateway(
+        &echo,
+        "",
+        "[upstreams.u.circuit_breaker]\nconsecutive_failures = 1\nmax_ejected_percent = 100",
+    );
     for round in 0..2 {
         let s = connect(&gw, 5);
         let (mut ws, resp) = tungstenite::client(format!("ws://{}/chat", gw.addr), s).expect("upgrade through the gateway");

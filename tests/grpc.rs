@@ -28,6 +28,7 @@ max_streams = 100
 retries = 0
 [upstreams.orders.circuit_breaker]
 consecutive_failures = 1
+max_ejected_percent = 100
 [routes.orders]
 paths = ["/grpc.health.v1.Health/", "/test.Echo/"]
 upstream = "orders"
@@ -80,6 +81,13 @@ fn unary_and_streaming_calls_keep_their_trailers_and_share_connections() {
     });
     let status = gw.admin_get("/status").json();
     assert_eq!(status["clusters"]["orders"]["targets"][0]["ejections"], 0, "{status}");
+    // UNAVAILABLE from the target is the target failing: the breaker (one failure) ejects it.
+    rt.block_on(async {
+        let e = check(channel(&gw.addr).await, "broken").await.expect_err("UNAVAILABLE");
+        assert_eq!(e.code(), Code::Unavailable);
+    });
+    let status = gw.admin_get("/status").json();
+    assert_eq!(status["clusters"]["orders"]["targets"][0]["ejections"], 1, "{status}");
     assert_eq!(
         gw.metric("gatehouse_grpc_requests_total{grpc_status=\"5\",method=\"/grpc.health.v1.Health/Check\",route=\"orders\"}"),
         1.0
@@ -308,5 +316,41 @@ fn grpc_over_tls_to_the_upstream() {
         let (got, end) = chat(ch, vec![5, 6]).await;
         assert_eq!(got, vec![10, 12]);
         assert_eq!(end.metadata().get("x-count").map(|v| v.to_str().unwrap()), Some("2"));
+    });
+}
+
+#[test]
+fn grpc_from_a_tls_client_with_alpn_h2() {
+    let up = GrpcUpstream::start(None);
+    let dir = common::gateway::test_dir();
+    let ca = common::tls::Ca::new("edge CA");
+    let leaf = ca.leaf(&dir, "edge", &["orders.test"], -1, 30);
+    let ca_pem = std::fs::read_to_string(ca.write(&dir, "ca.pem")).unwrap();
+    let https = format!("127.0.0.1:{}", common::free_port());
+    let header = common::gateway::HEADER.replace(
+        "[admin]",
+        &format!(
+            "[listeners.https]\naddr = \"{https}\"\ntls = true\n[tls.certificates.edge]\ncert = \"file:{}\"\nkey = \"file:{}\"\ndefault = true\n\n[admin]",
+            leaf.cert.display(),
+            leaf.key.display()
+        ),
+    );
+    let _gw = Gateway::start_raw(&format!("{header}\n{}", orders(&up.addr, "")), &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name("orders.test");
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{https}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .expect("TLS with ALPN h2 to the gateway");
+        assert_eq!(check(ch.clone(), "").await.expect("unary over TLS"), 1);
+        assert_eq!(sum(ch.clone(), vec![4, 4]).await.expect("client streaming over TLS"), 8);
+        let (got, end) = chat(ch, vec![7]).await;
+        assert_eq!((got, end.code()), (vec![14], Code::OutOfRange));
     });
 }

@@ -20,6 +20,7 @@ targets = ["{}"]
 retries = 0
 [upstreams.chat.circuit_breaker]
 consecutive_failures = 1
+max_ejected_percent = 100
 [routes.chat]
 paths = ["/ws"]
 upstream = "chat"

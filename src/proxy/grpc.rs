@@ -18,8 +18,13 @@ pub enum Kind {
 }
 
 /// The request's gRPC flavour, from its content type; `None` for everything else.
+#[cfg(test)]
 pub fn kind(req: &RequestHeader) -> Option<Kind> {
-    let ct = req.headers.get(CONTENT_TYPE)?.as_bytes();
+    kind_of(req.headers.get(CONTENT_TYPE)?.as_bytes())
+}
+
+/// The gRPC flavour a content type names.
+pub fn kind_of(ct: &[u8]) -> Option<Kind> {
     let rest = strip_prefix_ci(ct, b"application/grpc")?;
     if let Some(web) = strip_prefix_ci(rest, b"-web") {
         return if strip_prefix_ci(web, b"-text").is_some() {

@@ -55,7 +55,8 @@ impl ProxyHttp for Gateway {
         }
         session.set_write_timeout(Some(snap.file.server.send_timeout.0));
         forward::identify(session, ctx, &snap);
-        ctx.grpc = grpc::kind(session.req_header());
+        let shape = stream::shape(session.req_header());
+        ctx.grpc = shape.grpc;
         let on = listener::note(session, ctx, &self.listeners);
         if session.req_header().version == http::Version::HTTP_2 {
             if let Some((a, reason)) = target::h2_limits(session.req_header(), &snap.file.server) {
@@ -129,7 +130,7 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        ctx.unbounded_reads = route.streaming || ctx.websocket || stream::wants_event_stream(session.req_header());
+        ctx.unbounded_reads = route.streaming || ctx.websocket || shape.event_stream;
         if let Some(kind) = ctx.grpc {
             if route.grpc {
                 ctx.grpc_deadline = grpc::timeout(session.req_header());

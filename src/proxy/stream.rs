@@ -55,15 +55,32 @@ pub fn wants_websocket(session: &Session) -> bool {
             .any(|v| has_token(v.as_bytes(), b"websocket"))
 }
 
-/// Whether the client waits for server-sent events: browsers' EventSource asks with
-/// `Accept: text/event-stream`, and the answer then has no read deadline between events.
-pub fn wants_event_stream(req: &RequestHeader) -> bool {
-    req.headers.get_all(http::header::ACCEPT).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|t| {
-            let media = t.split(|b| *b == b';').next().unwrap_or(t);
-            media.trim_ascii().eq_ignore_ascii_case(b"text/event-stream")
-        })
-    })
+/// What the request's headers say about how it streams, read in one pass over them (two
+/// hashed lookups cost more on every request than walking the few headers a request has).
+pub struct Shape {
+    /// Content-Type names gRPC or grpc-web.
+    pub grpc: Option<super::grpc::Kind>,
+    /// The client waits for server-sent events: browsers' EventSource asks with
+    /// `Accept: text/event-stream`, and the answer then has no read deadline between events.
+    pub event_stream: bool,
+}
+
+pub fn shape(req: &RequestHeader) -> Shape {
+    let mut s = Shape {
+        grpc: None,
+        event_stream: false,
+    };
+    for (name, v) in req.headers.iter() {
+        if name == http::header::CONTENT_TYPE {
+            s.grpc = super::grpc::kind_of(v.as_bytes());
+        } else if name == http::header::ACCEPT && !s.event_stream {
+            s.event_stream = v.as_bytes().split(|b| *b == b',').any(|t| {
+                let media = t.split(|b| *b == b';').next().unwrap_or(t);
+                media.trim_ascii().eq_ignore_ascii_case(b"text/event-stream")
+            });
+        }
+    }
+    s
 }
 
 fn has_token(v: &[u8], token: &[u8]) -> bool {
@@ -106,9 +123,12 @@ mod tests {
     #[test]
     fn event_stream_accept() {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        assert!(!wants_event_stream(&r));
+        assert!(!shape(&r).event_stream);
         r.insert_header("accept", "text/html, Text/Event-Stream;q=0.9").unwrap();
-        assert!(wants_event_stream(&r));
+        r.insert_header("content-type", "application/grpc-web-text").unwrap();
+        let s = shape(&r);
+        assert!(s.event_stream);
+        assert_eq!(s.grpc, Some(crate::proxy::grpc::Kind::WebText));
         assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
         assert!(!has_token(b"websocketx", b"websocket"));
     }

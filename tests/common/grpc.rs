@@ -5,7 +5,7 @@
 //! bidi-streaming calls.
 //!
 //! Health: service "" answers SERVING (or NOT_SERVING once `set_serving(false)`),
-//! "slow" answers after 3 s, "missing" is NOT_FOUND. `Watch("gaps:N:MS")` streams N
+//! "slow" answers after 3 s, "missing" is NOT_FOUND, "broken" is UNAVAILABLE. `Watch("gaps:N:MS")` streams N
 //! SERVING updates MS ms apart.
 //! Echo: `Sum` (client streaming) adds the numbers; an odd sum fails with
 //! FAILED_PRECONDITION and an `x-sum` trailer. `Chat` (bidi) answers each n with 2n; a 0
@@ -53,6 +53,7 @@ impl Health for HealthImpl {
                 Ok(Response::new(reply(ServingStatus::Serving)))
             }
             "missing" => Err(Status::not_found("unknown service")),
+            "broken" => Err(Status::unavailable("backend down")),
             _ if self.0.serving.load(Ordering::SeqCst) => Ok(Response::new(reply(ServingStatus::Serving))),
             _ => Ok(Response::new(reply(ServingStatus::NotServing))),
         }
