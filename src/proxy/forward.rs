@@ -129,17 +129,22 @@ fn preserve_case(ctx: &Ctx) -> bool {
 
 /// Runs `edit` on the request's headers as plain `http` parts when nothing would be lost by
 /// it: the target must be the URI's own origin form (not absolute-form, not lossy UTF-8).
+/// HTTP/2 requests (to an h2 upstream) go the same way, keeping whether their HEADERS may
+/// end the stream (grpc-web's bridge says they may not), the one thing the parts lack.
 fn edit_request(up: &mut RequestHeader, cased: bool, edit: impl FnOnce(&mut dyn Headers) -> Result<()>) -> Result<()> {
-    let plain =
-        !cased && up.version != http::Version::HTTP_2 && up.uri.path_and_query().is_some_and(|p| p.as_str().as_bytes() == up.raw_path());
+    let plain = !cased && up.uri.path_and_query().is_some_and(|p| p.as_str().as_bytes() == up.raw_path());
     if !plain {
         return edit(up);
     }
+    let end_stream = up.send_end_stream();
     let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(up, empty).into();
     parts.headers.reserve(8);
     let result = edit(&mut parts.headers);
     *up = RequestHeader::from(parts);
+    if let Some(end) = end_stream {
+        up.set_send_end_stream(end);
+    }
     result
 }
 
@@ -224,6 +229,19 @@ pub fn upstream_headers(session: &Session, up: &mut RequestHeader, ctx: &mut Ctx
         if let Some(id) = &ctx.request_id {
             h.set(&X_REQUEST_ID, id.clone())?;
         }
+        if ctx.grpc.is_some() {
+            // gRPC servers want `te: trailers`, which Pingora strips from a request that
+            // came over HTTP/1.1 (grpc-web) as hop-by-hop.
+            if !h.map().contains_key(header::TE) {
+                h.set(&header::TE, http::HeaderValue::from_static("trailers"))?;
+            }
+            if let Some(d) = ctx.grpc_deadline {
+                // The upstream gets what is left of the client's deadline, not all of it.
+                let left = super::grpc::timeout_value(super::grpc::left(d, ctx.start));
+                let v = http::HeaderValue::from_str(&left).map_err(|e| Error::because(ErrorType::InternalError, "grpc-timeout", e))?;
+                h.set(&GRPC_TIMEOUT, v)?;
+            }
+        }
         // Who the consumer is comes from the gateway only; a client's own copy never passes.
         if let Some(snap) = ctx.snapshot.as_ref() {
             if h.map().contains_key(&snap.consumer_header) {
@@ -280,6 +298,7 @@ static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-fo
 static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_CLIENT_CERT: http::HeaderName = http::HeaderName::from_static("x-forwarded-client-cert");
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// Headers that describe one connection and must not cross the proxy (RFC 9110 7.6.1).
 static HOP_BY_HOP: [http::HeaderName; 8] = [

@@ -349,17 +349,8 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         forward::upstream_headers(session, upstream, ctx)?;
-        if ctx.grpc.is_some() && !upstream.headers.contains_key(http::header::TE) {
-            // gRPC servers want `te: trailers`, which Pingora strips from a request that
-            // came over HTTP/1.1 (grpc-web) as hop-by-hop.
-            upstream.insert_header(http::header::TE, "trailers")?;
-        }
         if let Some(w) = ctx.web.as_ref() {
             w.upstream_request(upstream);
-        }
-        if let Some(d) = ctx.grpc_deadline {
-            // The upstream gets what is left of the client's deadline, not all of it again.
-            upstream.insert_header("grpc-timeout", grpc::timeout_value(grpc::left(d, ctx.start)))?;
         }
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
