@@ -49,24 +49,17 @@ fn opts(args: &[String]) -> Opts {
         load_cpus: "1".into(),
         out: PathBuf::from("loadtest/results/stream-latest.json"),
     };
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
+    o.smoke = walk_args(args, |flag, value| {
+        match flag {
             "--rounds" => o.rounds = value.parse().unwrap_or(5),
             "--duration" => o.duration = value.parse().unwrap_or(3),
             "--proxy-cpus" => o.proxy_cpus = value,
             "--load-cpus" => o.load_cpus = value,
             "--stream-out" => o.out = PathBuf::from(value),
-            "--rows" | "--connections" | "--out" | "--results-md" | "--k6-rate" | "--memory-conns" | "--tls-out" => {}
-            flag => {
-                o.smoke |= flag == "--smoke";
-                i += 1;
-                continue;
-            }
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     if o.smoke {
         o.rounds = 1;
         o.duration = 1;
@@ -248,12 +241,6 @@ fn client(o: &Opts, args: &[&str]) -> Done {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    (!v.is_empty()).then(|| v[v.len() / 2])
-}
-
 fn gatehouse(o: &Opts, dir: &Path, port: u16, grpc: &str, ws: &str, upstream: u16) -> std::process::Child {
     let text = format!(
         "[server]\nthreads = 1\npid_file = \"{d}/g.pid\"\nupgrade_sock = \"{d}/g.sock\"\nkeepalive_requests = 1000000\n\
@@ -291,39 +278,18 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("gatehouse-bench-stream-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     raise_fd_limit();
-    let nginx = if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    let fill = |template: &str, ports: &[(&str, String)]| {
-        let mut t = std::fs::read_to_string(template).unwrap_or_else(|e| panic!("{template}: {e}"));
-        for (k, v) in ports {
-            t = t.replace(k, v);
-        }
-        t.replace("__DIR__", &dir.display().to_string())
-            .replace("__BODY__", &format!("{{\"data\":\"{}\"}}", "x".repeat(1024 - 11)))
-    };
     let (mut grpc_server, grpc_addr) = server(&o, "serve-grpc");
     let (mut ws_server, ws_addr) = server(&o, "serve-ws");
-    let up = free_port();
-    std::fs::write(
-        dir.join("upstream.conf"),
-        fill("loadtest/nginx-upstream.conf", &[("__PORT__", up.to_string())]),
-    )
-    .expect("write");
-    let mut c = pinned(&o.load_cpus, nginx);
-    c.arg("-c").arg(dir.join("upstream.conf")).arg("-p").arg(&dir);
-    let mut upstream = spawn(c, &dir.join("upstream.log"));
-    assert!(wait_port(up), "upstream nginx did not start");
+    let (mut upstream, up) = start_upstream(&dir, &o.load_cpus);
 
     let np = free_port();
     let conf = fill(
+        &dir,
         "loadtest/nginx-ws.conf",
         &[("__PORT__", np.to_string()), ("__UPSTREAM__", ws_addr.clone())],
     );
     std::fs::write(dir.join("nginx-ws.conf"), conf).expect("write");
-    let mut c = pinned(&o.proxy_cpus, nginx);
+    let mut c = pinned(&o.proxy_cpus, nginx_bin());
     c.arg("-c").arg(dir.join("nginx-ws.conf")).arg("-p").arg(&dir);
     let mut n = spawn(c, &dir.join("nginx-ws.log"));
     assert!(wait_port(np), "nginx did not start");

@@ -44,25 +44,18 @@ fn opts() -> Opts {
         out: PathBuf::from("loadtest/results/tls-latest.json"),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
+    o.smoke = walk_args(&args, |flag, value| {
+        match flag {
             "--rounds" => o.rounds = value.parse().unwrap_or(5),
             "--duration" => o.duration = value.parse().unwrap_or(3),
             "--proxy-cpus" => o.proxy_cpus = value,
             "--load-cpus" => o.load_cpus = value,
             "--memory-conns" => o.memory_conns = value.parse().unwrap_or(2000).min(5000),
             "--tls-out" => o.out = PathBuf::from(value),
-            "--rows" | "--connections" | "--out" | "--results-md" | "--k6-rate" => {}
-            flag => {
-                o.smoke |= flag == "--smoke";
-                i += 1;
-                continue;
-            }
+            _ => return false,
         }
-        i += 2;
-    }
+        true
+    });
     if o.smoke {
         o.rounds = 1;
         o.duration = 1;
@@ -281,12 +274,6 @@ fn memory(tls_pid: u32, tls: u16, plain_pid: u32, plain: u16, n: usize) -> (f64,
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    (!v.is_empty()).then(|| v[v.len() / 2])
-}
-
 fn main() {
     let o = opts();
     let dir = std::env::temp_dir().join(format!("gatehouse-bench-tls-{}", std::process::id()));
@@ -295,25 +282,12 @@ fn main() {
     let ec = certificate(&dir, "ecdsa", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     let rsa = certificate(&dir, "rsa", &["-newkey", "rsa:2048"]);
 
-    let nginx = if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(1024 - 11));
-    let up = free_port();
+    let nginx = nginx_bin();
+    let (mut upstream, up) = start_upstream(&dir, &o.load_cpus);
     let fill = |template: &str, ports: &[(&str, u16)]| {
-        let mut t = std::fs::read_to_string(template).unwrap_or_else(|e| panic!("{template}: {e}"));
-        for (k, v) in ports {
-            t = t.replace(k, &v.to_string());
-        }
-        t.replace("__DIR__", &dir.display().to_string()).replace("__BODY__", &body)
+        let ports: Vec<(&str, String)> = ports.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        fill(&dir, template, &ports)
     };
-    std::fs::write(dir.join("upstream.conf"), fill("loadtest/nginx-upstream.conf", &[("__PORT__", up)])).expect("write");
-    let mut c = pinned(&o.load_cpus, nginx);
-    c.arg("-c").arg(dir.join("upstream.conf")).arg("-p").arg(&dir);
-    let mut upstream = spawn(c, &dir.join("upstream.log"));
-    assert!(wait_port(up), "upstream nginx did not start");
 
     let (np, ne, nr) = (free_port(), free_port(), free_port());
     let conf = fill(

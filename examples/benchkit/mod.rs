@@ -159,3 +159,78 @@ pub fn commit() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// Flags with a value that some part of `scripts/bench` takes (it passes the same arguments
+/// to every part): a part skips the ones it does not use.
+const VALUE_FLAGS: [&str; 12] = [
+    "--rounds",
+    "--duration",
+    "--proxy-cpus",
+    "--load-cpus",
+    "--rows",
+    "--connections",
+    "--out",
+    "--results-md",
+    "--k6-rate",
+    "--memory-conns",
+    "--tls-out",
+    "--stream-out",
+];
+
+/// Walks the arguments: `take(flag, value)` says whether it used a flag with its value;
+/// other value flags are skipped with theirs. Returns whether `--smoke` was given.
+pub fn walk_args(args: &[String], mut take: impl FnMut(&str, String) -> bool) -> bool {
+    let mut smoke = false;
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        if take(&args[i], value) || VALUE_FLAGS.contains(&args[i].as_str()) {
+            i += 2;
+        } else {
+            smoke |= args[i] == "--smoke";
+            i += 1;
+        }
+    }
+    smoke
+}
+
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+pub fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+/// A config from `loadtest/` with its placeholders filled: `__DIR__`, `__BODY__` (the 1 KiB
+/// JSON body every upstream answers) and `ports`.
+pub fn fill(dir: &Path, template: &str, ports: &[(&str, String)]) -> String {
+    let mut t = std::fs::read_to_string(template).unwrap_or_else(|e| panic!("{template}: {e}"));
+    for (k, v) in ports {
+        t = t.replace(k, v);
+    }
+    t.replace("__DIR__", &dir.display().to_string())
+        .replace("__BODY__", &format!("{{\"data\":\"{}\"}}", "x".repeat(1024 - 11)))
+}
+
+/// nginx as the upstream every row proxies to (`loadtest/nginx-upstream.conf`), pinned to
+/// `cpus`; its port.
+pub fn start_upstream(dir: &Path, cpus: &str) -> (Child, u16) {
+    let up = free_port();
+    std::fs::write(
+        dir.join("upstream.conf"),
+        fill(dir, "loadtest/nginx-upstream.conf", &[("__PORT__", up.to_string())]),
+    )
+    .expect("write");
+    let mut c = pinned(cpus, nginx_bin());
+    c.arg("-c").arg(dir.join("upstream.conf")).arg("-p").arg(dir);
+    let child = spawn(c, &dir.join("upstream.log"));
+    assert!(wait_port(up), "upstream nginx did not start");
+    (child, up)
+}
