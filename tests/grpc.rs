@@ -245,6 +245,49 @@ fn refusals_are_trailers_only_and_grpc_timeout_is_the_deadline() {
     });
 }
 
+/// A stream still sending when its `grpc-timeout` passes is cut then, not when it ends.
+#[test]
+fn grpc_timeout_bounds_the_whole_of_a_stream() {
+    let up = GrpcUpstream::start(None);
+    let gw = start(&orders(&up.addr, "timeout = \"0s\""));
+    let rt = rt();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&gw.addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post(format!("http://{}/grpc.health.v1.Health/Watch", gw.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "1000m")
+            .body(())
+            .unwrap();
+        let t = Instant::now();
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        // HealthCheckRequest{service: "gaps:20:200"}: 20 updates over 4 s.
+        send.send_data(bytes::Bytes::from_static(b"\x00\x00\x00\x00\x0d\x0a\x0bgaps:20:200"), true)
+            .unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(b) => {
+                    let _ = body.flow_control().release_capacity(b.len());
+                    got += b.len();
+                }
+                Err(_) => break,
+            }
+        }
+        let took = t.elapsed();
+        // Each update is a 7-byte message (5-byte prefix, status SERVING).
+        let updates = got / 7;
+        assert!((2..10).contains(&updates), "{updates} updates before the deadline");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "cut at {took:?}"
+        );
+    });
+}
+
 #[test]
 fn the_grpc_health_check_takes_a_not_serving_target_out() {
     let a = GrpcUpstream::start(None);

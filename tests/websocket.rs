@@ -320,3 +320,28 @@ fn wss_through_a_tls_listener_with_the_same_idle_clock() {
             .any(|l| l["websocket"] == true && l["tls_version"].is_string())
     });
 }
+
+#[test]
+fn sigterm_lets_sessions_run_through_the_grace_period_then_ends_them_with_1001() {
+    let up = WsUpstream::start();
+    let header = common::gateway::HEADER
+        .replace("grace_period = \"1s\"", "grace_period = \"2s\"")
+        .replace("graceful_shutdown_timeout = \"1s\"", "graceful_shutdown_timeout = \"2s\"");
+    let mut gw = Gateway::start_raw(&format!("{header}\n{}", routes(&up, "")), &[]);
+    let mut sessions: Vec<_> = (0..2).map(|_| connect(&gw.addr, "/ws", &[]).unwrap()).collect();
+    gw.signal(libc::SIGTERM);
+    let t = Instant::now();
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        echo(ws, &format!("draining {i}"));
+    }
+    for ws in sessions.iter_mut() {
+        assert_eq!(close_code(ws), Some(1001));
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "the sessions ran into the grace period: {took:?}"
+    );
+    assert!(gw.wait_exit(Duration::from_secs(20)), "the process exits after its grace period");
+    wait_until(Duration::from_secs(5), "the upstream sides to close", || up.open() == 0);
+}

@@ -416,6 +416,26 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A gRPC stream still sending when its `grpc-timeout` runs out is cut at its next
+    /// message (a quiet one by the read timeout, which is what is left of the deadline):
+    /// the client's deadline bounds the whole call, not only each wait.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(d) = ctx.grpc_deadline {
+            if !end && ctx.start.elapsed() >= d {
+                ctx.grpc_status = Some(4);
+                ctx.error = Some("grpc_deadline");
+                return Err(Error::explain(ErrorType::ReadTimedout, "grpc-timeout passed mid-stream"));
+            }
+        }
+        Ok(None)
+    }
+
     fn upstream_response_trailer_filter(&self, _session: &mut Session, trailers: &mut http::HeaderMap, ctx: &mut Ctx) -> Result<()> {
         if ctx.grpc.is_some() {
             ctx.grpc_status = grpc::status_in(trailers).map(|c| grpc::settled(c, ctx.grpc_deadline, ctx.start));
