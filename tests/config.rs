@@ -183,6 +183,14 @@ fn each_kind_of_bad_input_is_refused_with_key_and_reason() {
         "set grpc = true too",
     );
     refused(
+        &format!(
+            "{}\n[routes.users.plugins.cache]\n",
+            BASE.replace("upstream = \"users\"", "upstream = \"users\"\ngrpc = true")
+        ),
+        "routes.users.plugins.cache",
+        "never cached",
+    );
+    refused(
         &format!("{BASE}\n[upstreams.users.health_check]\ntype = \"grpc\"\n"),
         "upstreams.users.health_check.type",
         "needs http2 = true",

@@ -120,16 +120,19 @@ pub fn timeout_value(d: Duration) -> String {
     }
 }
 
-/// The block's `grpc-status`. A call the upstream cancelled once the client's deadline
-/// had passed (tonic servers answer an expired `grpc-timeout` with CANCELLED) is, for
-/// that client, DEADLINE_EXCEEDED, and is told so.
-pub fn settled(code: u16, deadline: Option<Duration>, start: std::time::Instant) -> u16 {
-    if code == 1 && deadline.is_some_and(|d| start.elapsed() >= d) {
-        4
-    } else {
-        code
+/// The `grpc-status` of an upstream header or trailer block, and whether the block must
+/// say DEADLINE_EXCEEDED instead: a call the upstream cancelled once the client's deadline
+/// had passed (tonic servers answer an expired `grpc-timeout` with CANCELLED) is, for that
+/// client, DEADLINE_EXCEEDED.
+pub fn settle(h: &http::HeaderMap, deadline: Option<Duration>, start: std::time::Instant) -> (Option<u16>, bool) {
+    match status_in(h) {
+        Some(1) if deadline.is_some_and(|d| start.elapsed() >= d) => (Some(4), true),
+        code => (code, false),
     }
 }
+
+/// What a block says instead when [`settle`] rewrites it.
+pub const DEADLINE: [(&str, &str); 2] = [("grpc-status", "4"), ("grpc-message", "deadline%20exceeded")];
 
 /// `grpc-status` of a header or trailer block.
 pub fn status_in(h: &http::HeaderMap) -> Option<u16> {

@@ -382,10 +382,12 @@ impl ProxyHttp for Gateway {
         }
         if ctx.grpc.is_some() {
             // Trailers-only answers carry the status in the header block.
-            ctx.grpc_status = grpc::status_in(&resp.headers).map(|c| grpc::settled(c, ctx.grpc_deadline, ctx.start));
-            if ctx.grpc_status == Some(4) && grpc::status_in(&resp.headers) != Some(4) {
-                resp.insert_header("grpc-status", "4")?;
-                resp.insert_header("grpc-message", "deadline%20exceeded")?;
+            let (code, rewrite) = grpc::settle(&resp.headers, ctx.grpc_deadline, ctx.start);
+            ctx.grpc_status = code;
+            if rewrite {
+                for (n, v) in grpc::DEADLINE {
+                    resp.insert_header(n, v)?;
+                }
             }
         }
         forward::response_headers(resp, ctx, cache_header);
@@ -438,10 +440,12 @@ impl ProxyHttp for Gateway {
 
     fn upstream_response_trailer_filter(&self, _session: &mut Session, trailers: &mut http::HeaderMap, ctx: &mut Ctx) -> Result<()> {
         if ctx.grpc.is_some() {
-            ctx.grpc_status = grpc::status_in(trailers).map(|c| grpc::settled(c, ctx.grpc_deadline, ctx.start));
-            if ctx.grpc_status == Some(4) && grpc::status_in(trailers) != Some(4) {
-                trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
-                trailers.insert("grpc-message", http::HeaderValue::from_static("deadline%20exceeded"));
+            let (code, rewrite) = grpc::settle(trailers, ctx.grpc_deadline, ctx.start);
+            ctx.grpc_status = code;
+            if rewrite {
+                for (n, v) in grpc::DEADLINE {
+                    trailers.insert(n, http::HeaderValue::from_static(v));
+                }
             }
         }
         Ok(())

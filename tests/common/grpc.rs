@@ -35,6 +35,8 @@ pub struct State {
     pub calls: AtomicUsize,
     /// Connections accepted: a gateway multiplexing its calls opens few.
     pub conns: AtomicUsize,
+    /// The `te` header of the last Echo call (gRPC servers may require `trailers`).
+    pub last_te: std::sync::Mutex<Option<String>>,
 }
 
 struct HealthImpl(Arc<State>);
@@ -107,6 +109,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for Echo {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
+        let te = req.headers().get("te").and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Ok(mut last) = self.0.last_te.lock() {
+            *last = te;
+        }
         let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<Num, Num>::default());
         match req.uri().path() {
             "/test.Echo/Sum" => Box::pin(async move {
