@@ -119,6 +119,11 @@ fn pipelined_requests_are_answered_in_order_whatever_the_packets() {
         .map(|i| format!("GET /p{i} HTTP/1.1\r\nHost: a\r\nx-n: {i}\r\n\r\n"))
         .collect();
     s.write_all(three.as_bytes()).unwrap();
+    // All three answers are sent before the client reads one, so they share its socket
+    // buffer (as they do on a loaded machine): each read must still find its own.
+    wait_until(Duration::from_secs(5), "all three answers to be logged", || {
+        gw.access_log().len() >= 3
+    });
     for i in 1..=3 {
         let r = read_response(&mut s).unwrap_or_else(|e| panic!("pipelined request {i} unanswered: {e}"));
         assert_eq!(r.status, 200);

@@ -62,41 +62,88 @@ pub fn raw_request(addr: &str, raw: &[u8]) -> std::io::Result<Response> {
 }
 
 /// Reads one response: by Content-Length, to the last chunk, or to EOF when unframed. It
-/// does not rely on the server closing, so keep-alive answers do not hang the test.
+/// does not rely on the server closing, so keep-alive answers do not hang the test, and it
+/// never reads a byte past the response: a pipelined client's next answer, which may share
+/// a segment with this one, stays in the socket for the next call.
 pub fn read_response(s: &mut impl Read) -> std::io::Result<Response> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(r) = complete(&buf) {
-            return Ok(r);
+    let mut buf = Vec::with_capacity(512);
+    while !buf.ends_with(b"\r\n\r\n") {
+        if read_byte(s, &mut buf)? == 0 || buf.len() > 1 << 20 {
+            return unframed_end(&buf);
         }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return parse(&buf).ok_or_else(|| std::io::Error::other(format!("unparseable response: {:?}", String::from_utf8_lossy(&buf))));
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
+    let head = parse(&buf).ok_or_else(|| unparseable(&buf))?;
+    if head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
+        return Ok(head);
+    }
+    if let Some(n) = head.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        read_up_to(s, &mut buf, n)?;
+    } else if head.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        read_chunks(s, &mut buf)?;
+    } else {
+        s.read_to_end(&mut buf)?;
+    }
+    unframed_end(&buf)
 }
 
-/// The response if `buf` holds all of it (framed by Content-Length or chunked).
-fn complete(buf: &[u8]) -> Option<Response> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let r = parse(&buf[..end + 4])?;
-    let rest = &buf[end + 4..];
-    if r.status == 204 || r.status == 304 || (100..200).contains(&r.status) {
-        return Some(r);
+fn unparseable(buf: &[u8]) -> std::io::Error {
+    std::io::Error::other(format!("unparseable response: {:?}", String::from_utf8_lossy(buf)))
+}
+
+fn unframed_end(buf: &[u8]) -> std::io::Result<Response> {
+    parse(buf).ok_or_else(|| unparseable(buf))
+}
+
+/// One byte onto `buf`: slow, but the only way a plain `Read` cannot overshoot a line.
+fn read_byte(s: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut b = [0u8; 1];
+    let n = s.read(&mut b)?;
+    buf.extend_from_slice(&b[..n]);
+    Ok(n)
+}
+
+/// Appends up to `n` bytes, fewer if the peer closes first (a cut body is still a result).
+fn read_up_to(s: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+    let want = buf.len() + n;
+    let mut chunk = [0u8; 8192];
+    while buf.len() < want {
+        let k = s.read(&mut chunk[..(want - buf.len()).min(8192)])?;
+        if k == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..k]);
     }
-    if let Some(n) = r.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        return (rest.len() >= n).then(|| Response {
-            body: String::from_utf8_lossy(&rest[..n]).into_owned(),
-            raw_body: rest[..n].to_vec(),
-            ..r
-        });
+    Ok(())
+}
+
+/// Appends the chunked body's bytes through the last chunk and the trailer block.
+fn read_chunks(s: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        let line_start = buf.len();
+        while !buf[line_start..].ends_with(b"\r\n") {
+            if read_byte(s, buf)? == 0 {
+                return Ok(());
+            }
+        }
+        let line = String::from_utf8_lossy(&buf[line_start..buf.len() - 2]).into_owned();
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| std::io::Error::other(format!("bad chunk size {line:?}: {e}")))?;
+        if size == 0 {
+            // Trailer lines, then the empty line that ends the message.
+            loop {
+                let start = buf.len();
+                while !buf[start..].ends_with(b"\r\n") {
+                    if read_byte(s, buf)? == 0 {
+                        return Ok(());
+                    }
+                }
+                if buf.len() - start == 2 {
+                    return Ok(());
+                }
+            }
+        }
+        read_up_to(s, buf, size + 2)?;
     }
-    if r.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        return rest.windows(5).any(|w| w == b"0\r\n\r\n").then(|| parse(buf)).flatten();
-    }
-    None
 }
 
 pub fn parse(buf: &[u8]) -> Option<Response> {
