@@ -9,6 +9,24 @@ use std::time::{Duration, Instant};
 
 const SHARDS: usize = 64;
 const MAX_KEYS_PER_SHARD: usize = 16_384;
+/// What a full shard is cut down to: room for an eighth of it before the next cut, so the
+/// cut's cost (a pass over the shard) is spread over that many new keys. Cutting to just
+/// under the cap made every new key pay a full pass once a million keys were active.
+const LOW_WATER: usize = MAX_KEYS_PER_SHARD - MAX_KEYS_PER_SHARD / 8;
+
+/// Drops the keys whose bucket has refilled (the same as no entry); if the shard is still
+/// past `LOW_WATER`, it is full of active keys and arbitrary ones are forgotten (those
+/// clients get a full bucket back) rather than let memory grow.
+fn make_room(map: &mut HashMap<u64, u64>, now_ns: u64) {
+    map.retain(|_, v| *v > now_ns);
+    let excess = map.len().saturating_sub(LOW_WATER);
+    if excess > 0 {
+        let victims: Vec<u64> = map.keys().take(excess).copied().collect();
+        for k in victims {
+            map.remove(&k);
+        }
+    }
+}
 
 pub struct Gcra {
     epoch: Instant,
@@ -73,13 +91,7 @@ impl Gcra {
         }
         let new = tat + i;
         if map.len() >= MAX_KEYS_PER_SHARD && !map.contains_key(&key) {
-            map.retain(|_, v| *v > now_ns);
-            if map.len() >= MAX_KEYS_PER_SHARD {
-                // Still full of active keys: forget an arbitrary one rather than grow.
-                if let Some(k) = map.keys().next().copied() {
-                    map.remove(&k);
-                }
-            }
+            make_room(&mut map, now_ns);
         }
         map.insert(key, new);
         Decision::from_tat(true, Duration::ZERO, Duration::from_nanos(new - now_ns), interval, tau)
@@ -105,6 +117,26 @@ mod tests {
         assert!(!g.check_at(1, i, tau, t0 + Duration::from_millis(150)).allowed);
         // Other keys are untouched.
         assert!(g.check_at(2, i, tau, t0).allowed);
+    }
+
+    #[test]
+    fn a_million_active_keys_stay_under_the_cap() {
+        let g = Gcra::default();
+        // One request per second per key with no burst: every key stays active for a second.
+        let (i, tau) = (Duration::from_secs(1), Duration::ZERO);
+        let t0 = Duration::from_secs(10);
+        for k in 0..(SHARDS * MAX_KEYS_PER_SHARD + 200_000) as u64 {
+            assert!(g.check_at(k, i, tau, t0).allowed, "a new key is always admitted");
+        }
+        let held: usize = g.shards.iter().map(|s| s.lock().map(|m| m.len()).unwrap_or(0)).sum();
+        assert!(held <= SHARDS * MAX_KEYS_PER_SHARD, "{held} keys held");
+        assert!(
+            held > SHARDS * LOW_WATER,
+            "a cut keeps the newest room's worth, not nothing: {held}"
+        );
+        // The latest key is still limited.
+        let last = (SHARDS * MAX_KEYS_PER_SHARD + 199_999) as u64;
+        assert!(!g.check_at(last, i, tau, t0).allowed);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Routes compiled at load time into one ordered list, so matching a request is a scan
-//! with byte comparisons and no allocation.
+//! Routes compiled at load time into one ordered list. A small table is matched by a scan
+//! with byte comparisons and no allocation; a large one through an index (`index`) that
+//! returns the same rule the scan would.
 //!
 //! Order: `priority` (higher first), then path kind (exact > prefix > regex), then longer
 //! prefix, then more specific host (exact > wildcard > any), then route name. The order is
@@ -7,6 +8,12 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
+
+mod index;
+
+/// From this many path rules on, `find` uses the index: below it, the scan's few byte
+/// comparisons cost less than hashing the path's prefixes.
+const INDEX_FROM: usize = 24;
 
 /// How one configured path matches.
 #[derive(Debug, Clone)]
@@ -182,6 +189,7 @@ struct Entry {
 pub struct Router<T> {
     routes: Vec<(T, Conditions, i32, String)>,
     entries: Vec<Entry>,
+    index: Option<index::Index>,
 }
 
 /// A successful match: the route and the path rule that matched (for `strip_prefix`).
@@ -195,6 +203,7 @@ impl<T> Router<T> {
         Router {
             routes: Vec::new(),
             entries: Vec::new(),
+            index: None,
         }
     }
 
@@ -206,8 +215,14 @@ impl<T> Router<T> {
         }
     }
 
-    /// Fixes the order; call once after the last `add`.
-    pub fn finish(mut self) -> Self {
+    /// Fixes the order and, for a large table, builds the index; call once after the
+    /// last `add`.
+    pub fn finish(self) -> Self {
+        let indexed = self.entries.len() >= INDEX_FROM;
+        self.finish_with(indexed)
+    }
+
+    fn finish_with(mut self, indexed: bool) -> Self {
         let routes = &self.routes;
         self.entries.sort_by(|a, b| {
             let (_, ca, pa, na) = &routes[a.route];
@@ -218,6 +233,13 @@ impl<T> Router<T> {
                 .then(ca.hosts.specificity().cmp(&cb.hosts.specificity()))
                 .then(na.cmp(nb))
         });
+        if indexed {
+            let routes = &self.routes;
+            self.index = Some(index::Index::build(&self.entries, |r| {
+                let h = &routes[r].1.hosts;
+                (&h.exact[..], !h.suffixes.is_empty())
+            }));
+        }
         self
     }
 
@@ -227,12 +249,14 @@ impl<T> Router<T> {
 
     /// `host` must already be stripped of its port.
     pub fn find(&self, host: &str, method: &Method, path: &str, headers: &HeaderMap, conn: Conn<'_>) -> Option<Match<'_, T>> {
-        self.entries.iter().find_map(|e| {
-            let (value, cond, ..) = &self.routes[e.route];
-            (e.path.matches(path) && cond.matches(host, method, headers, conn)).then_some(Match {
-                route: value,
-                path: &e.path,
-            })
+        let fits = |e: &Entry| e.path.matches(path) && self.routes[e.route].1.matches(host, method, headers, conn);
+        let e = match &self.index {
+            Some(idx) => &self.entries[idx.find(host, path, |pos| fits(&self.entries[pos as usize]))? as usize],
+            None => self.entries.iter().find(|e| fits(e))?,
+        };
+        Some(Match {
+            route: &self.routes[e.route].0,
+            path: &e.path,
         })
     }
 }
@@ -342,6 +366,79 @@ mod tests {
         assert_eq!(request_host(&h, &"/".parse().unwrap()), "api.example.com");
         h.insert("host", "[::1]:8080".parse().unwrap());
         assert_eq!(request_host(&h, &"/".parse().unwrap()), "::1");
+    }
+
+    /// The index must pick exactly the rule the ordered scan picks, for any table.
+    mod index_matches_scan {
+        use super::*;
+        use proptest::prelude::*;
+
+        const HOSTS: [&str; 5] = ["a.test", "B.test", "*.w.test", "x.w.test", "c.test"];
+        const PATHS: [&str; 10] = ["/", "/u", "/u/", "=/u", "=/u/7", "/u/7", "/v/x", "~^/u/[0-9]+$", "~/x$", "=/"];
+        const REQ_PATHS: [&str; 9] = ["/", "/u", "/u/", "/u/7", "/u/7/x", "/ux", "/v/x", "/v/x/y", "/x"];
+        const REQ_HOSTS: [&str; 5] = ["a.test", "b.TEST", "x.w.test", "y.w.test", "other"];
+
+        type Spec = (Vec<usize>, Vec<usize>, i32, bool);
+
+        fn build(specs: &[Spec], indexed: bool) -> Router<usize> {
+            let mut r = Router::new();
+            for (i, (hosts, paths, prio, get_only)) in specs.iter().enumerate() {
+                let hosts: Vec<String> = hosts.iter().map(|h| HOSTS[*h].to_string()).collect();
+                let cond = Conditions {
+                    hosts: HostMatch::new(&hosts),
+                    methods: if *get_only { vec![Method::GET] } else { vec![] },
+                    ..Default::default()
+                };
+                r.add(
+                    &format!("r{i}"),
+                    i,
+                    cond,
+                    *prio,
+                    paths.iter().map(|p| PathMatch::parse(PATHS[*p]).unwrap()).collect(),
+                );
+            }
+            r.finish_with(indexed)
+        }
+
+        proptest! {
+            #[test]
+            fn same_answer(
+                specs in proptest::collection::vec(
+                    (proptest::collection::vec(0..HOSTS.len(), 0..3), proptest::collection::vec(0..PATHS.len(), 1..3), -1..2i32, any::<bool>()),
+                    0..40,
+                ),
+                host in 0..REQ_HOSTS.len(),
+                path in 0..REQ_PATHS.len(),
+                post in any::<bool>(),
+            ) {
+                let (scan, idx) = (build(&specs, false), build(&specs, true));
+                let method = if post { Method::POST } else { Method::GET };
+                let (h, p) = (REQ_HOSTS[host], REQ_PATHS[path]);
+                let a = scan.find(h, &method, p, &HeaderMap::new(), Conn::default()).map(|m| *m.route);
+                let b = idx.find(h, &method, p, &HeaderMap::new(), Conn::default()).map(|m| *m.route);
+                prop_assert_eq!(a, b, "host {} path {}", h, p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_table_is_indexed_and_routes_by_host_and_prefix() {
+        let mut r = Router::new();
+        for i in 0..10_000 {
+            let host = vec![format!("svc{}.test", i % 100)];
+            let cond = Conditions {
+                hosts: HostMatch::new(&host),
+                ..Default::default()
+            };
+            r.add(&format!("r{i}"), i, cond, 0, vec![PathMatch::parse(&format!("/api/{i}")).unwrap()]);
+        }
+        let r = r.finish();
+        assert!(r.index.is_some());
+        let find = |h: &str, p: &str| r.find(h, &Method::GET, p, &HeaderMap::new(), Conn::default()).map(|m| *m.route);
+        assert_eq!(find("svc42.test", "/api/4242/x"), Some(4242));
+        assert_eq!(find("SVC42.test", "/api/4242"), Some(4242));
+        assert_eq!(find("svc43.test", "/api/4242"), None, "host condition still applies");
+        assert_eq!(find("svc42.test", "/api/42420"), None, "prefixes are whole segments");
     }
 
     #[test]
