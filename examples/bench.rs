@@ -23,6 +23,8 @@ use benchkit::*;
 #[path = "benchkit/variants.rs"]
 mod variants;
 use variants::*;
+#[path = "benchkit/allocs.rs"]
+mod allocs;
 #[path = "benchkit/report.rs"]
 mod report;
 use report::{render_table, write_results_md};
@@ -43,7 +45,7 @@ struct Opts {
 }
 
 const HELP: &str = "scripts/bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
-  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,PM,G0,G1,GK,G4,GJ,GJR,GR,GC] [--no-k6]
+  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,P_lto,PM,G0,G1,GK,G4,GJ,GJR,GR,GC] [--no-k6]
   [--memory-conns N] [--out FILE.json] [--results-md FILE] [--k6-rate REQ_PER_S]
   The k6 open-loop rate defaults to half of N's maximum (the issue's definition), stepped
   down until one k6 process keeps up against D (its p99 within 3x wrk's, or 5 ms); --k6-rate fixes it.";
@@ -106,7 +108,7 @@ fn opts() -> Opts {
         o.out = PathBuf::from("target/bench-smoke.json");
     }
     if o.rows.is_empty() {
-        o.rows = ["D", "N", "P", "PM", "G0", "G1", "GK", "G4", "GJ", "GJR", "GR", "GC"]
+        o.rows = ["D", "N", "P", "P_lto", "PM", "G0", "G1", "GK", "G4", "GJ", "GJR", "GR", "GC"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -268,10 +270,10 @@ fn main() {
     let mut upstream = spawn(cmd, &dir.join("nginx-upstream.log"));
     assert!(wait_port(up_port), "upstream nginx did not start");
 
-    let gh = std::env::var_os("GATEHOUSE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/gatehouse"));
+    let gh = root.join(gatehouse_bin());
     let bare = root.join("target/release/examples/bare_proxy");
+    // The same bare proxy built like the shipped gateway: the reference of the x P column.
+    let bare_lto = root.join(shipped_dir()).join("examples/bare_proxy");
     let bare_mi = root.join("target/release/examples/bare_proxy_mimalloc");
     let mut rows: Vec<Row> = Vec::new();
     let mut redis_child: Option<Child> = None;
@@ -304,8 +306,12 @@ fn main() {
                 c.arg("-c").arg(dir.join("nginx-proxy.conf")).arg("-p").arg(&dir);
                 Some(spawn(c, &dir.join("nginx-proxy.log")))
             }
-            "P" | "PM" => {
-                let bin = if name == "P" { &bare } else { &bare_mi };
+            "P" | "P_lto" | "PM" => {
+                let bin = match name.as_str() {
+                    "P" => &bare,
+                    "P_lto" => &bare_lto,
+                    _ => &bare_mi,
+                };
                 let mut c = pinned(&o.proxy_cpus, &bin.display().to_string());
                 c.arg(format!("127.0.0.1:{port}")).arg(format!("127.0.0.1:{up_port}")).arg("1");
                 Some(spawn(c, &dir.join(format!("bare-{name}.log"))))
@@ -456,6 +462,24 @@ fn main() {
         }
     }
 
+    // Allocations per request, from a counting run of the same binary and config.
+    let setup = allocs::Setup {
+        gatehouse: &gh,
+        dir: &dir,
+        upstream: up_port,
+        proxy_cpus: &o.proxy_cpus,
+        load_cpus: &o.load_cpus,
+        connections: o.connections,
+        secs: o.duration.max(2),
+    };
+    for row in rows.iter().filter(|r| r.name == "G0" || r.name == "G1" || r.name == "G4") {
+        let a = allocs::per_request(&setup, &row.name, row.script.as_deref(), &row.env);
+        eprintln!("allocations {}: {a}", row.name);
+        if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
+            m.insert("allocations".into(), a);
+        }
+    }
+
     let memory = rows
         .iter()
         .find(|r| r.name == "G0")
@@ -475,7 +499,12 @@ fn main() {
     };
     for (name, v) in summary.iter_mut() {
         let Value::Object(m) = v else { continue };
-        for (key, reference) in [("x_nginx", "N"), ("x_pingora", "P"), ("x_pingora_mimalloc", "PM"), ("x_g0", "G0")] {
+        for (key, reference) in [
+            ("x_nginx", "N"),
+            ("x_pingora", "P_lto"),
+            ("x_pingora_mimalloc", "PM"),
+            ("x_g0", "G0"),
+        ] {
             if key == "x_g0" && !name.starts_with('G') {
                 continue;
             }

@@ -256,9 +256,7 @@ fn gatehouse(o: &Opts, dir: &Path, port: u16, grpc: &str, ws: &str, upstream: u1
     );
     let conf = dir.join("gatehouse.toml");
     std::fs::write(&conf, text).expect("write gatehouse config");
-    let gh = std::env::var_os("GATEHOUSE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/gatehouse"));
+    let gh = gatehouse_bin();
     let mut c = pinned(&o.proxy_cpus, &gh.display().to_string());
     c.arg("-c").arg(&conf);
     let child = spawn(c, &dir.join("gatehouse.log"));
@@ -296,7 +294,7 @@ fn main() {
     let gp = free_port();
     let mut g = gatehouse(&o, &dir, gp, &grpc_addr, &ws_addr, up);
     let pp = free_port();
-    let mut c = pinned(&o.proxy_cpus, "target/release/examples/bare_proxy");
+    let mut c = pinned(&o.proxy_cpus, &shipped_dir().join("examples/bare_proxy").display().to_string());
     c.arg(format!("127.0.0.1:{pp}")).arg(&ws_addr).arg("1");
     let mut p = spawn(c, &dir.join("bare.log"));
     assert!(wait_port(pp), "bare_proxy did not start");

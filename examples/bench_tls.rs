@@ -212,9 +212,7 @@ fn gatehouse(
     );
     let conf = dir.join(format!("{name}.toml"));
     std::fs::write(&conf, text).expect("write gatehouse config");
-    let gh = std::env::var_os("GATEHOUSE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/gatehouse"));
+    let gh = gatehouse_bin();
     let mut c = pinned(&o.proxy_cpus, &gh.display().to_string());
     c.arg("-c").arg(&conf);
     let child = spawn(c, &dir.join(format!("{name}.log")));

@@ -2,9 +2,14 @@ use clap::Parser;
 
 /// mimalloc (its v2 line): the ladder (scripts/bench) measured it against glibc malloc, and
 /// callgrind against mimalloc v3 and jemalloc; loadtest/RESULTS.md has the figures.
+/// Wrapped in the counter behind the benchmark's allocations per request (off unless
+/// `GATEHOUSE_COUNT_ALLOCS=1`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: gatehouse::alloc_count::Counting<mimalloc::MiMalloc> = gatehouse::alloc_count::Counting(mimalloc::MiMalloc);
+#[cfg(not(feature = "mimalloc"))]
+#[global_allocator]
+static ALLOC: gatehouse::alloc_count::Counting<std::alloc::System> = gatehouse::alloc_count::Counting(std::alloc::System);
 use gatehouse::{config, live::Live, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +58,7 @@ fn admin_warning(file: &config::File) -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    gatehouse::alloc_count::enable_from_env();
     let mut cli = Cli::parse();
     if let Some(Command::HashPassword) = cli.command {
         let mut line = String::new();

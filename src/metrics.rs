@@ -209,6 +209,9 @@ pub fn render() -> Vec<u8> {
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
         log::error!("encoding metrics failed: {e}");
     }
+    if let Some(text) = crate::alloc_count::exposition() {
+        buf.extend_from_slice(text.as_bytes());
+    }
     buf
 }
 

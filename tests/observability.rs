@@ -145,3 +145,29 @@ fn admin_without_token_is_open_on_loopback() {
     assert_eq!(common::get(&gw.admin, "/status").status, 200);
     assert_eq!(common::get(&gw.admin, "/nothing").status, 404);
 }
+
+/// The benchmark's allocations per request: counted only when asked for at start, and the
+/// count moves with the traffic.
+#[test]
+fn allocations_are_counted_only_when_asked() {
+    let up = Upstream::start("u");
+    let plain = Gateway::start(&config(&up));
+    assert_eq!(plain.get("/users/1").status, 200);
+    assert!(
+        !plain.admin_get("/metrics").body.contains("gatehouse_allocations_total"),
+        "counting is off by default"
+    );
+    drop(plain);
+
+    let gw = Gateway::start_with_env(&config(&up), &[("GATEHOUSE_COUNT_ALLOCS", "1")]);
+    let before = gw.metric("gatehouse_allocations_total");
+    let bytes_before = gw.metric("gatehouse_allocated_bytes_total");
+    assert!(before > 0.0, "start-up allocates");
+    for _ in 0..50 {
+        assert_eq!(gw.get("/users/1").status, 200);
+    }
+    let after = gw.metric("gatehouse_allocations_total");
+    // Each proxied request allocates (header maps, the request id); 50 requests at least 50.
+    assert!(after - before >= 50.0, "{before} -> {after}");
+    assert!(gw.metric("gatehouse_allocated_bytes_total") > bytes_before);
+}

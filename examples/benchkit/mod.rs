@@ -4,9 +4,24 @@
 #![allow(dead_code)]
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Where the shipped build's binaries are (the `dist` profile: fat LTO, one codegen unit).
+/// `scripts/bench` sets it; `--smoke` points it at the `release` build to keep CI short.
+pub fn shipped_dir() -> PathBuf {
+    std::env::var_os("GATEHOUSE_SHIPPED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/dist"))
+}
+
+/// The gateway binary the rows run: `GATEHOUSE_BIN`, else the shipped build's.
+pub fn gatehouse_bin() -> PathBuf {
+    std::env::var_os("GATEHOUSE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shipped_dir().join("gatehouse"))
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -7,7 +7,9 @@ use std::path::Path;
 
 pub fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Option<&Value>) -> String {
     let mut t = String::new();
-    t.push_str("| row | what | req/s | CPU µs/req | x N | x P | x PM | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n");
+    t.push_str(
+        "| row | what | req/s | CPU µs/req | x N | x P_lto | x PM | p50 ms | p99 ms | k6 p99 ms | k6 p99.9 ms | errors | RSS MiB |\n",
+    );
     t.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let f = |v: &Value, k: &str, prec: usize| v[k].as_f64().map(|x| format!("{x:.prec$}")).unwrap_or("-".into());
     for row in rows {
@@ -37,6 +39,24 @@ pub fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Opt
             v["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         ));
     }
+    let counted: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let a = &summary.get(&r.name)?["allocations"];
+            Some(format!(
+                "{} {:.1} ({:.0} bytes)",
+                r.name,
+                a["allocs_per_req"].as_f64()?,
+                a["bytes_per_req"].as_f64()?
+            ))
+        })
+        .collect();
+    if !counted.is_empty() {
+        t.push_str(&format!(
+            "\nAllocations per request (the same binary and config rerun with GATEHOUSE_COUNT_ALLOCS=1, outside the timed rounds): {}.\n",
+            counted.join(", ")
+        ));
+    }
     if let Some(m) = memory {
         t.push_str(&format!(
             "\nMemory (G0): idle RSS {:.1} MiB; with {} idle keep-alive connections {:.1} MiB: {:.0} bytes per connection.\n",
@@ -54,7 +74,7 @@ pub fn write_results_md(path: &Path, report: &Value, table: &str) {
         "# Benchmark results\n\nMachine: {}. Commit: {}. Date: {}.\n\nSettings: {} rounds of {} s per row, interleaved; wrk -t1 -c{}; proxy pinned to CPU {}, \
          wrk/k6/upstream pinned to CPU {}; k6 open-loop rate {} req/s (half of N's maximum, stepped down until one k6 process keeps up against D, then one step more).\nCPU µs/req is utime+stime of the proxy's processes over the run \
          divided by requests: the median of rounds, with the quartiles in brackets. \
-         The x columns pair rows within a round (row / reference, both measured in the same round) and take the median over rounds; x P shows \
+         The x columns pair rows within a round (row / reference, both measured in the same round) and take the median over rounds; x P_lto (the bare Pingora proxy built with the shipped profile) shows \
          the quartiles of those per-round ratios.\n\nReproduce: `scripts/bench` (or `scripts/bench --rounds 15` for tighter medians).\n\n{}\n",
         report["machine"].as_str().unwrap_or(""),
         report["commit"].as_str().unwrap_or(""),

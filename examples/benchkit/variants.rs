@@ -95,7 +95,8 @@ pub fn describe(name: &str) -> &'static str {
     match name {
         "D" => "wrk straight to the upstream",
         "N" => "nginx reverse proxy (1 worker, upstream keepalive)",
-        "P" => "bare Pingora 0.9 proxy (the floor)",
+        "P" => "bare Pingora 0.9 proxy, release profile",
+        "P_lto" => "P built like the shipped gateway (fat LTO, 1 codegen unit): the floor",
         "PM" => "P with Gatehouse's allocator (mimalloc)",
         "G0" => "Gatehouse, one route, no plugins, metrics and access log off",
         "G1" => "G0 + metrics + access log to a file",
