@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 static ON: AtomicBool = AtomicBool::new(false);
 static COUNT: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated and not yet freed (wrapping: it may dip below zero for memory freed
+/// that was allocated before counting began).
+static LIVE: AtomicU64 = AtomicU64::new(0);
 
 /// A global allocator that counts what it hands to `A` while counting is on.
 pub struct Counting<A>(pub A);
@@ -22,6 +25,14 @@ fn note(size: usize) {
     if ON.load(Relaxed) {
         COUNT.fetch_add(1, Relaxed);
         BYTES.fetch_add(size as u64, Relaxed);
+        LIVE.fetch_add(size as u64, Relaxed);
+    }
+}
+
+#[inline(always)]
+fn freed(size: usize) {
+    if ON.load(Relaxed) {
+        LIVE.fetch_sub(size as u64, Relaxed);
     }
 }
 
@@ -43,6 +54,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        freed(layout.size());
         // SAFETY: as for `alloc`.
         unsafe { self.0.dealloc(ptr, layout) }
     }
@@ -51,6 +63,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        freed(layout.size());
         // SAFETY: as for `alloc`.
         unsafe { self.0.realloc(ptr, layout, new_size) }
     }
@@ -63,18 +76,21 @@ pub fn enable_from_env() {
     }
 }
 
-/// Allocations and bytes counted so far, when counting is on.
-pub fn counts() -> Option<(u64, u64)> {
-    ON.load(Relaxed).then(|| (COUNT.load(Relaxed), BYTES.load(Relaxed)))
+/// Allocations, bytes and bytes still held, counted so far, when counting is on.
+pub fn counts() -> Option<(u64, u64, i64)> {
+    ON.load(Relaxed)
+        .then(|| (COUNT.load(Relaxed), BYTES.load(Relaxed), LIVE.load(Relaxed) as i64))
 }
 
 /// The two counters in Prometheus text form, when counting is on.
 pub fn exposition() -> Option<String> {
-    let (n, bytes) = counts()?;
+    let (n, bytes, live) = counts()?;
     Some(format!(
         "# HELP gatehouse_allocations_total Heap allocations since start (GATEHOUSE_COUNT_ALLOCS=1).\n\
          # TYPE gatehouse_allocations_total counter\ngatehouse_allocations_total {n}\n\
          # HELP gatehouse_allocated_bytes_total Bytes those allocations asked for.\n\
-         # TYPE gatehouse_allocated_bytes_total counter\ngatehouse_allocated_bytes_total {bytes}\n"
+         # TYPE gatehouse_allocated_bytes_total counter\ngatehouse_allocated_bytes_total {bytes}\n\
+         # HELP gatehouse_allocated_live_bytes Bytes allocated since start and not yet freed.\n\
+         # TYPE gatehouse_allocated_live_bytes gauge\ngatehouse_allocated_live_bytes {live}\n"
     ))
 }

@@ -31,6 +31,7 @@ pub fn server_conf(file: &File, flags: &Flags) -> ServerConf {
     let s = &file.server;
     ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         daemon: flags.daemon,
@@ -109,8 +110,14 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
         "gatehouse proxy".to_string(),
         Connections::new(guard, s.max_connections, s.max_connections_per_ip, live.clone()),
     );
-    let buffers = L4BufferSettings::default().read(s.read_buffer.0 as usize);
+    // A plaintext connection is read straight into the header guard's and Pingora's own
+    // buffers: a read buffer in front of them would only copy, and an idle keep-alive
+    // connection would hold it (1 KiB of its ~9.5). TLS records and PROXY headers are read
+    // in small pieces, so those listeners keep `read_buffer`.
+    let buffered = L4BufferSettings::default().read(s.read_buffer.0 as usize);
+    let direct = L4BufferSettings::default().read(0);
     for l in file.listeners.values() {
+        let buffers = if l.tls || l.proxy_protocol { buffered } else { direct };
         svc.add_listener(ListenerConfig::tcp(l.addr.clone()).l4_buffer(buffers));
     }
     server.add_service(svc);

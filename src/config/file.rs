@@ -44,6 +44,10 @@ pub struct File {
 pub struct Server {
     #[serde(default = "d_threads")]
     pub threads: usize,
+    /// Pingora's work stealing between a service's threads (`scripts/bench` rows GT2 and
+    /// GWS measure it).
+    #[serde(default = "d_true")]
+    pub work_stealing: bool,
     #[serde(default = "d_pid")]
     pub pid_file: String,
     #[serde(default = "d_sock")]
@@ -190,6 +194,7 @@ impl Default for Server {
     fn default() -> Self {
         Server {
             threads: d_threads(),
+            work_stealing: true,
             pid_file: d_pid(),
             upgrade_sock: d_sock(),
             grace_period: d_grace(),

@@ -129,7 +129,7 @@ impl<A> HeaderGuard<A> {
                         Err(e) => {
                             log::debug!("refused at the header guard: {e}");
                             let r = Refusal(400, "Bad Request", "malformed chunked body", "bad_chunked_body");
-                            self.reject(framed, r).await;
+                            Box::pin(self.reject(framed, r)).await;
                             return None;
                         }
                     };
@@ -143,7 +143,7 @@ impl<A> HeaderGuard<A> {
                     });
                 }
                 Verdict::Refuse(r) => {
-                    self.reject(framed, r).await;
+                    Box::pin(self.reject(framed, r)).await;
                     return None;
                 }
                 Verdict::NeedMore => {}
@@ -155,7 +155,7 @@ impl<A> HeaderGuard<A> {
                 Ok(_) => return None,
                 Err(_) => {
                     let r = Refusal(408, "Request Timeout", "request header not received in time", "header_timeout");
-                    self.reject(framed, r).await;
+                    Box::pin(self.reject(framed, r)).await;
                     return None;
                 }
             }
@@ -182,7 +182,9 @@ impl<A> HeaderGuard<A> {
         Some(())
     }
 
-    /// Answers a refused header, logs it, and closes the connection lingering.
+    /// Answers a refused header, logs it, and closes the connection lingering. Callers box
+    /// it (and the TLS and PROXY handshakes): a future awaited inline takes room in every
+    /// connection's state for as long as it lives, and these run once or never.
     async fn reject(&self, framed: &mut Framed, Refusal(status, text, message, reason): Refusal) {
         METRICS.rejections.with_label_values(&["_none", reason]).inc();
         let Some(stream) = framed.inner_mut() else { return };
@@ -230,10 +232,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderGuard<A> {
         let listener = self.listeners.of_stream(&stream).clone();
         let mut stream = stream;
         if listener.proxy_protocol {
-            self.proxy_header(&mut stream).await?;
+            Box::pin(self.proxy_header(&mut stream)).await?;
         }
         let mut stream = match &listener.tls {
-            Some(acceptor) => tls_handshake(acceptor, stream, &self.certs, self.tls_handshake_timeout).await?,
+            Some(acceptor) => Box::pin(tls_handshake(acceptor, stream, &self.certs, self.tls_handshake_timeout)).await?,
             None => stream,
         };
         // HTTP/2 (ALPN, or h2c prior knowledge) is Pingora's to run, once its preface is
