@@ -24,25 +24,6 @@ fn counted(admin: u16) -> Option<(f64, f64)> {
     Some((value("gatehouse_allocations_total")?, value("gatehouse_allocated_bytes_total")?))
 }
 
-/// Requests wrk completed, from its "N requests in" line.
-fn wrk_requests(load_cpus: &str, connections: usize, secs: u64, port: u16, script: Option<&str>, env: &[(String, String)]) -> u64 {
-    let mut cmd = pinned(load_cpus, "wrk");
-    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")]);
-    if let Some(s) = script {
-        cmd.args(["-s", s]);
-    }
-    cmd.arg(format!("http://127.0.0.1:{port}/"));
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let out = cmd
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `{"allocs_per_req", "bytes_per_req", "requests"}` for one variant, or why not.
 pub struct Setup<'a> {
     pub gatehouse: &'a Path,
@@ -66,12 +47,24 @@ pub fn per_request(s: &Setup, variant: &str, script: Option<&str>, env: &[(Strin
         if !wait_port(port) || !wait_port(admin) {
             return json!({ "error": "did not start" });
         }
+        let url = format!("http://127.0.0.1:{port}/");
+        let wrk = |secs| {
+            Wrk {
+                cpus: s.load_cpus,
+                connections: s.connections,
+                secs,
+                script,
+                env,
+            }
+            .run(&url)
+            .0
+        };
         // Warm-up: connection pools, lazily built label children, the allocator's caches.
-        wrk_requests(s.load_cpus, s.connections, 1, port, script, env);
+        wrk(1);
         let Some((n0, b0)) = counted(admin) else {
             return json!({ "error": "no allocation counter in /metrics" });
         };
-        let requests = wrk_requests(s.load_cpus, s.connections, s.secs, port, script, env);
+        let requests = wrk(s.secs);
         let Some((n1, b1)) = counted(admin) else {
             return json!({ "error": "no allocation counter in /metrics" });
         };

@@ -23,6 +23,44 @@ pub fn gatehouse_bin() -> PathBuf {
         .unwrap_or_else(|| shipped_dir().join("gatehouse"))
 }
 
+/// One wrk run: requests completed and errors (non-2xx/3xx answers and socket errors).
+pub struct Wrk<'a> {
+    pub cpus: &'a str,
+    pub connections: usize,
+    pub secs: u64,
+    pub script: Option<&'a str>,
+    pub env: &'a [(String, String)],
+}
+
+impl Wrk<'_> {
+    pub fn run(&self, url: &str) -> (u64, u64) {
+        let mut cmd = pinned(self.cpus, "wrk");
+        cmd.args(["-t1", &format!("-c{}", self.connections), &format!("-d{}s", self.secs)]);
+        if let Some(s) = self.script {
+            cmd.args(["-s", s]);
+        }
+        cmd.arg(url).envs(self.env.iter().map(|(k, v)| (k, v)));
+        let out = cmd
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let (mut requests, mut errors) = (0, 0);
+        for l in out.lines().map(str::trim) {
+            if l.contains(" requests in ") {
+                requests = l.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+                errors += v.trim().parse::<u64>().unwrap_or(0);
+            } else if let Some(v) = l.strip_prefix("Socket errors:") {
+                errors += v
+                    .split(',')
+                    .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        (requests, errors)
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -177,7 +215,7 @@ pub fn commit() -> String {
 
 /// Flags with a value that some part of `scripts/bench` takes (it passes the same arguments
 /// to every part): a part skips the ones it does not use.
-const VALUE_FLAGS: [&str; 12] = [
+const VALUE_FLAGS: [&str; 13] = [
     "--rounds",
     "--duration",
     "--proxy-cpus",
@@ -190,6 +228,7 @@ const VALUE_FLAGS: [&str; 12] = [
     "--memory-conns",
     "--tls-out",
     "--stream-out",
+    "--scale-out",
 ];
 
 /// Walks the arguments: `take(flag, value)` says whether it used a flag with its value;

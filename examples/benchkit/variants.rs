@@ -7,12 +7,17 @@ use std::process::{Child, Command, Stdio};
 use super::benchkit::*;
 
 pub fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, variant: &str, redis: Option<u16>) -> PathBuf {
-    let access = if variant == "G0" {
+    // GT2 and GT2N are G0 on two worker threads (still pinned to the proxy's one core),
+    // with Pingora's work stealing on and off.
+    let g0_like = matches!(variant, "G0" | "GT2" | "GT2N");
+    let threads = if g0_like && variant != "G0" { 2 } else { 1 };
+    let work_stealing = variant != "GT2N";
+    let access = if g0_like {
         "off".to_string()
     } else {
         dir.join(format!("access-{variant}.log")).display().to_string()
     };
-    let metrics = variant != "G0";
+    let metrics = !g0_like;
     let mut plugins = String::new();
     let mut extra = String::new();
     match variant {
@@ -56,7 +61,8 @@ pub fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, varian
     }
     let text = format!(
         r#"[server]
-threads = 1
+threads = {threads}
+work_stealing = {work_stealing}
 pid_file = "{dir}/gh-{variant}.pid"
 upgrade_sock = "{dir}/gh-{variant}.sock"
 # Like the nginx rows (keepalive_requests 1000000) and bare Pingora (no limit).
@@ -100,6 +106,8 @@ pub fn describe(name: &str) -> &'static str {
         "PM" => "P with Gatehouse's allocator (mimalloc)",
         "G0" => "Gatehouse, one route, no plugins, metrics and access log off",
         "G1" => "G0 + metrics + access log to a file",
+        "GT2" => "G0 with threads = 2 (same one core)",
+        "GT2N" => "GT2 with Pingora's work stealing off",
         "G4" => "G1 + key auth + local rate limit (never rejects)",
         "GK" => "G1 + key auth",
         "GJ" => "G1 + JWT ES256",
