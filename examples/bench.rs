@@ -25,6 +25,8 @@ mod variants;
 use variants::*;
 #[path = "benchkit/allocs.rs"]
 mod allocs;
+#[path = "benchkit/openloop_rows.rs"]
+mod openloop_rows;
 #[path = "benchkit/report.rs"]
 mod report;
 use report::{render_table, write_results_md};
@@ -460,6 +462,20 @@ fn main() {
                     m.insert("k6_p999_ms".into(), json!(p999));
                     m.insert("k6_failed".into(), json!(failed));
                 }
+            }
+        }
+    }
+
+    // Tail latency at half of nginx's maximum, from the open-loop generator (k6 cannot keep
+    // that rate here): every proxy row at the same rate, one after the other.
+    let ol_secs = if o.smoke { 2 } else { o.duration.max(10) };
+    let ol_rate = ((n_rps / 2.0) as u64).max(100);
+    for row in rows.iter().filter(|r| r.name != "D") {
+        let h = openloop_rows::headers(&row.k6_env);
+        if let Some(v) = openloop_rows::run(&o.load_cpus, row.port, &row.path, ol_rate, ol_secs, &h) {
+            eprintln!("open loop {}: {v}", row.name);
+            if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
+                m.insert("openloop".into(), v);
             }
         }
     }

@@ -39,6 +39,31 @@ pub fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Opt
             v["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         ));
     }
+    let ol: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let v = &summary.get(&r.name)?["openloop"];
+            Some(format!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                r.name,
+                v["rate"].as_f64()?,
+                v["p50_ms"].as_f64()?,
+                v["p99_ms"].as_f64()?,
+                v["p999_ms"].as_f64()?,
+                v["max_ms"].as_f64()?,
+                v["late"],
+                v["errors"]
+            ))
+        })
+        .collect();
+    if !ol.is_empty() {
+        t.push_str(
+            "\nOpen loop (examples/openloop.rs, 64 connections, half of N's maximum; late: requests whose connection was busy at their time):\n\n\
+             | row | req/s | p50 ms | p99 ms | p99.9 ms | max ms | late | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        t.push_str(&ol.join("\n"));
+        t.push('\n');
+    }
     let counted: Vec<String> = rows
         .iter()
         .filter_map(|r| {
