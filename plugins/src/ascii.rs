@@ -4,21 +4,9 @@
 
 use std::net::IpAddr;
 
-/// The decimal digits of `v`, in the tail of `buf`.
-pub fn u64_digits(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
+/// The decimal digits of `v` (itoa: two digits per step from a table).
 pub fn push_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(u64_digits(v, &mut [0; 20]));
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// IPv4 by hand; IPv6 (rare behind most edges) through `Display`.

@@ -20,11 +20,11 @@ pub fn identify(session: &Session, ctx: &mut Ctx, snap: &Snapshot) {
     let (id, header) = match req.headers.get("x-request-id") {
         Some(v) if identity::valid_request_id(v.as_bytes()) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), v.clone()),
         _ => {
-            let id = identity::new_request_id();
-            let h = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id.clone().into_bytes())).ok();
-            match h {
-                Some(h) => (id, h),
-                None => (id, http::HeaderValue::from_static("invalid")),
+            let b = identity::request_id_bytes();
+            let id = String::from_utf8_lossy(&b).into_owned();
+            match http::HeaderValue::from_bytes(&b) {
+                Ok(h) => (id, h),
+                Err(_) => (id, http::HeaderValue::from_static("invalid")),
             }
         }
     };

@@ -29,17 +29,26 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A process-unique id: a per-process random prefix and a counter. No syscalls and no
 /// locks; unique across restarts because the prefix changes.
 pub fn new_request_id() -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut s = String::with_capacity(24);
-    push_hex(&mut s, u64::from(*PREFIX), 8);
-    push_hex(&mut s, n, 16);
-    s
+    let b = request_id_bytes();
+    // Hex digits only: always UTF-8.
+    String::from_utf8_lossy(&b).into_owned()
 }
 
-fn push_hex(s: &mut String, v: u64, digits: u32) {
+/// The next id's 24 hex digits, written into a stack buffer (one push per digit into a
+/// String showed in the profile).
+pub fn request_id_bytes() -> [u8; 24] {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut b = [0u8; 24];
+    put_hex(&mut b[..8], u64::from(*PREFIX));
+    put_hex(&mut b[8..], n);
+    b
+}
+
+fn put_hex(out: &mut [u8], v: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    let n = out.len();
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = HEX[((v >> ((n - 1 - i) * 4)) & 0xf) as usize];
     }
 }
 

@@ -120,7 +120,7 @@ impl Cursor<'_> {
     }
 
     fn num(&mut self, v: u64) {
-        self.put(crate::ascii::u64_digits(v, &mut [0; 20]));
+        self.put(itoa::Buffer::new().format(v).as_bytes());
     }
 }
 
