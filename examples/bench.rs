@@ -466,10 +466,17 @@ fn main() {
         }
     }
 
-    // Tail latency at half of nginx's maximum, from the open-loop generator (k6 cannot keep
-    // that rate here): every proxy row at the same rate, one after the other.
+    // Tail latency from the open-loop generator (k6 cannot keep these rates here): every
+    // proxy row at the same rate, one after the other. Half of nginx's maximum is above
+    // what any Pingora-based row serves on one core (they would all queue without bound),
+    // so the rate is half of nginx's maximum or half of the slowest row's, the lower.
     let ol_secs = if o.smoke { 2 } else { o.duration.max(10) };
-    let ol_rate = ((n_rps / 2.0) as u64).max(100);
+    let slowest = summary
+        .iter()
+        .filter(|(name, _)| name.as_str() != "D")
+        .filter_map(|(_, v)| v["rps"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    let ol_rate = ((n_rps / 2.0).min(slowest / 2.0) as u64).max(100);
     for row in rows.iter().filter(|r| r.name != "D") {
         let h = openloop_rows::headers(&row.k6_env);
         if let Some(v) = openloop_rows::run(&o.load_cpus, row.port, &row.path, ol_rate, ol_secs, &h) {

@@ -58,7 +58,7 @@ pub fn render_table(rows: &[Row], summary: &BTreeMap<String, Value>, memory: Opt
         .collect();
     if !ol.is_empty() {
         t.push_str(
-            "\nOpen loop (examples/openloop.rs, 64 connections, half of N's maximum; late: requests whose connection was busy at their time):\n\n\
+            "\nOpen loop (examples/openloop.rs, 64 connections, at half of N's maximum or half of the slowest row's, the lower; late: requests whose connection was busy at their time):\n\n\
              | row | req/s | p50 ms | p99 ms | p99.9 ms | max ms | late | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         t.push_str(&ol.join("\n"));
