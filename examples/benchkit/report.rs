@@ -112,5 +112,11 @@ pub fn write_results_md(path: &Path, report: &Value, table: &str) {
         report["settings"]["k6_rate"],
         table
     );
-    let _ = std::fs::write(path, text);
+    // The page's other sections (each round's notes, "What was tried") are kept: only the
+    // latest run above the first section heading is replaced.
+    let rest = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find("\n## ").map(|i| old[i..].to_string()))
+        .unwrap_or_default();
+    let _ = std::fs::write(path, format!("{}\n{rest}", text.trim_end()));
 }

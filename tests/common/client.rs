@@ -72,7 +72,7 @@ pub fn read_response(s: &mut impl Read) -> std::io::Result<Response> {
             return unframed_end(&buf);
         }
     }
-    let head = parse(&buf).ok_or_else(|| unparseable(&buf))?;
+    let (head, _) = parse_head(&buf).ok_or_else(|| unparseable(&buf))?;
     if head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
         return Ok(head);
     }
@@ -147,6 +147,18 @@ fn read_chunks(s: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
 }
 
 pub fn parse(buf: &[u8]) -> Option<Response> {
+    let (head, rest) = parse_head(buf)?;
+    let chunked = head.header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
+    Some(Response {
+        body: String::from_utf8_lossy(&body).into_owned(),
+        raw_body: body,
+        ..head
+    })
+}
+
+/// The status line and headers (an empty body), and the bytes after the header block.
+fn parse_head(buf: &[u8]) -> Option<(Response, &[u8])> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -157,16 +169,14 @@ pub fn parse(buf: &[u8]) -> Option<Response> {
         .iter()
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let rest = &buf[end + 4..];
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(rest)? } else { rest.to_vec() };
-    Some(Response {
+    let r = Response {
         status,
         headers,
         raw_names,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        raw_body: body,
-    })
+        body: String::new(),
+        raw_body: Vec::new(),
+    };
+    Some((r, &buf[end + 4..]))
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
