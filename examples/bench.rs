@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 #[path = "benchkit/mod.rs"]
@@ -25,6 +25,8 @@ mod variants;
 use variants::*;
 #[path = "benchkit/allocs.rs"]
 mod allocs;
+#[path = "benchkit/k6.rs"]
+mod k6;
 #[path = "benchkit/openloop_rows.rs"]
 mod openloop_rows;
 #[path = "benchkit/report.rs"]
@@ -132,6 +134,19 @@ struct Row {
     k6_env: Vec<(String, String)>,
 }
 
+impl Row {
+    fn target(&self) -> Target<'_> {
+        Target {
+            name: &self.name,
+            port: self.port,
+            path: &self.path,
+            script: self.script.as_deref(),
+            env: &self.env,
+            k6_env: &self.k6_env,
+        }
+    }
+}
+
 #[derive(Default, Clone)]
 struct Sample {
     rps: f64,
@@ -197,32 +212,6 @@ fn run_wrk(o: &Opts, row: &Row, secs: u64) -> Sample {
 }
 
 /// (p99 ms, p99.9 ms, failed requests) at a fixed open-loop rate.
-fn run_k6(o: &Opts, row: &Row, rate: u64, secs: u64, dir: &Path) -> Option<(f64, f64, u64)> {
-    let summary = dir.join(format!("k6-{}.json", row.name));
-    let mut cmd = pinned(&o.load_cpus, "k6");
-    cmd.args(["run", "--quiet", "--no-color", "--summary-export"])
-        .arg(&summary)
-        .arg("loadtest/constant_rate.js")
-        .env("TARGET", format!("http://127.0.0.1:{}{}", row.port, row.path))
-        .env("RATE", rate.to_string())
-        .env("DURATION", format!("{secs}s"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in &row.k6_env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().ok()?;
-    let text = std::fs::read_to_string(&summary).ok();
-    let Some(text) = text else {
-        eprintln!("k6 failed for {}: {}", row.name, String::from_utf8_lossy(&out.stderr));
-        return None;
-    };
-    let v: Value = serde_json::from_str(&text).ok()?;
-    let d = &v["metrics"]["http_req_duration"];
-    let failed = v["metrics"]["http_req_failed"]["passes"].as_u64().unwrap_or(0);
-    Some((d["p(99)"].as_f64()?, d["p(99.9)"].as_f64()?, failed))
-}
-
 /// The fixed rate is half of N's maximum, but one k6 process on the load core saturates
 /// well below that on a small machine, and then its p99 measures k6's own queue. So the rate
 /// is stepped down (x0.6) until k6, aimed at the upstream directly (row D), keeps its p99
@@ -237,7 +226,7 @@ fn k6_capacity(o: &Opts, rows: &[Row], summary: &BTreeMap<String, Value>, mut ra
     while rate > 500 {
         // As long as the measured runs: a short probe passes near the knee and then the
         // measured run does not.
-        match run_k6(o, d, rate, secs, dir) {
+        match k6::run(&o.load_cpus, &d.target(), rate, secs, dir) {
             // One step below the first rate that passes: at the knee k6 passes one run and
             // queues in the next.
             Some((p99, _, failed)) if p99 <= limit && failed == 0 => return (rate * 3 / 5).max(500),
@@ -454,7 +443,7 @@ fn main() {
         // Long enough for a p99.9 with a few dozen samples above it.
         let secs = if o.smoke { 2 } else { o.duration.max(8) };
         for row in &rows {
-            if let Some((p99, p999, failed)) = run_k6(&o, row, rate, secs, &dir) {
+            if let Some((p99, p999, failed)) = k6::run(&o.load_cpus, &row.target(), rate, secs, &dir) {
                 if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
                     m.insert("k6_rate".into(), json!(rate));
                     m.insert("k6_rate_wanted".into(), json!(wanted));
@@ -466,27 +455,9 @@ fn main() {
         }
     }
 
-    // Tail latency from the open-loop generator (k6 cannot keep these rates here): every
-    // proxy row at the same rate, one after the other. Half of nginx's maximum is above
-    // what any Pingora-based row serves on one core (they would all queue without bound),
-    // so the rate is half of nginx's maximum or half of the slowest row's, the lower.
+    let targets: Vec<Target> = rows.iter().map(Row::target).collect();
     let ol_secs = if o.smoke { 2 } else { o.duration.max(10) };
-    let slowest = summary
-        .iter()
-        .filter(|(name, _)| name.as_str() != "D")
-        .filter_map(|(_, v)| v["rps"].as_f64())
-        .fold(f64::INFINITY, f64::min);
-    let ol_rate = ((n_rps / 2.0).min(slowest / 2.0) as u64).max(100);
-    for row in rows.iter().filter(|r| r.name != "D") {
-        let h = openloop_rows::headers(&row.k6_env);
-        if let Some(v) = openloop_rows::run(&o.load_cpus, row.port, &row.path, ol_rate, ol_secs, &h) {
-            eprintln!("open loop {}: {v}", row.name);
-            if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
-                m.insert("openloop".into(), v);
-            }
-        }
-    }
-
+    openloop_rows::measure(&o.load_cpus, n_rps, ol_secs, &targets, &mut summary);
     // Allocations per request, from a counting run of the same binary and config.
     let setup = allocs::Setup {
         gatehouse: &gh,
@@ -497,13 +468,7 @@ fn main() {
         connections: o.connections,
         secs: o.duration.max(2),
     };
-    for row in rows.iter().filter(|r| r.name == "G0" || r.name == "G1" || r.name == "G4") {
-        let a = allocs::per_request(&setup, &row.name, row.script.as_deref(), &row.env);
-        eprintln!("allocations {}: {a}", row.name);
-        if let Some(Value::Object(m)) = summary.get_mut(&row.name) {
-            m.insert("allocations".into(), a);
-        }
-    }
+    allocs::measure(&setup, &targets, &mut summary);
 
     let memory = rows
         .iter()

@@ -5,10 +5,22 @@
 use super::benchkit::*;
 use super::variants::gatehouse_config;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
+
+/// G0, G1 and G4 (those present) into `summary[row]["allocations"]`.
+pub fn measure(s: &Setup, targets: &[Target], summary: &mut BTreeMap<String, Value>) {
+    for t in targets.iter().filter(|t| matches!(t.name, "G0" | "G1" | "G4")) {
+        let a = per_request(s, t.name, t.script, t.env);
+        eprintln!("allocations {}: {a}", t.name);
+        if let Some(Value::Object(m)) = summary.get_mut(t.name) {
+            m.insert("allocations".into(), a);
+        }
+    }
+}
 
 /// The counter's two series from the admin listener's `/metrics`.
 fn counted(admin: u16) -> Option<(f64, f64)> {

@@ -23,6 +23,18 @@ pub fn gatehouse_bin() -> PathBuf {
         .unwrap_or_else(|| shipped_dir().join("gatehouse"))
 }
 
+/// What the measuring passes after the timed rounds need of a ladder row.
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub port: u16,
+    pub path: &'a str,
+    /// The wrk script and its environment (auth rows).
+    pub script: Option<&'a str>,
+    pub env: &'a [(String, String)],
+    /// What k6 is given for the same row (KEY, TOKEN).
+    pub k6_env: &'a [(String, String)],
+}
+
 /// One wrk run: requests completed and errors (non-2xx/3xx answers and socket errors).
 pub struct Wrk<'a> {
     pub cpus: &'a str,
