@@ -19,4 +19,5 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         println!("{value}");
         return ExitCode::SUCCESS;
     }
-    gatehouse::logging::init(&file.log.level);
+    gatehouse::logging::init(&file.log.level, file.log.format);
     if !cli.test {
         // Before any plugin is built for serving: limits read the store settings.
         if file.cache.is_some() || file.routes.values().any(|r| r.plugins.contains_key(gatehouse::cache::PLUGIN)) {

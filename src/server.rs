@@ -165,6 +165,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
     // still in memory goes to disk before the process ends.
     crate::state::final_flush();
     crate::access_log::close_all();
+    crate::trace::close_all();
     std::process::exit(0)
 }
 

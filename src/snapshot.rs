@@ -47,6 +47,8 @@ pub struct Route {
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: RouteMetrics,
     pub cache: Option<Arc<crate::cache::Policy>>,
+    /// This route's tracer (its sampling ratio), when `[tracing]` is on.
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 type PluginKey = (String, String);
@@ -69,6 +71,9 @@ pub struct Snapshot {
     pub material: [u8; 32],
     /// The certificates TLS listeners serve, chosen by SNI.
     pub certs: Arc<crate::tls::CertStore>,
+    pub tracing: Option<crate::trace::Tracing>,
+    /// The tracer of requests no route takes (`[tracing] sample_ratio`).
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     plugin_instances: HashMap<PluginKey, Arc<dyn Plugin>>,
 }
 
@@ -186,6 +191,16 @@ impl Snapshot {
             Ok(p)
         };
 
+        let mut tracing = file
+            .tracing
+            .as_ref()
+            .map(|t| crate::trace::Tracing::new(t, prev.and_then(|p| p.tracing.as_ref())));
+        let mut tracer_for = |ratio: Option<f64>| {
+            tracing.as_mut().map(|t| {
+                let r = ratio.unwrap_or(t.config().sample_ratio);
+                t.tracer(r)
+            })
+        };
         let mut router = Router::new();
         for (name, r) in &file.routes {
             let base = format!("routes.{name}");
@@ -246,6 +261,7 @@ impl Snapshot {
                 grpc: r.grpc,
                 grpc_web: r.grpc_web,
                 plugins,
+                tracer: tracer_for(r.sample_ratio),
                 metrics: RouteMetrics {
                     duration: METRICS.request_duration.with_label_values(&[name]),
                     bytes_in: METRICS.bytes_received.with_label_values(&[name]),
@@ -263,6 +279,7 @@ impl Snapshot {
             router.add(name, Arc::new(route), cond, r.priority, paths);
         }
 
+        let tracer = tracer_for(None);
         let mut consumers = Consumers::default();
         for (name, c) in &file.consumers {
             consumers
@@ -302,6 +319,8 @@ impl Snapshot {
             consumers: Arc::new(consumers),
             plans: Arc::new(plans),
             consumer_header,
+            tracing,
+            tracer,
             file,
         })
     }

@@ -26,6 +26,9 @@ pub struct Line<'a> {
     pub consumer: Option<&'a str>,
     pub rejection: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// The request's trace id, when tracing is on: the join key between this line and its
+    /// spans in the collector.
+    pub trace_id: Option<&'a str>,
     /// The request became a WebSocket session: the line is written when it ends, with
     /// its duration and its bytes each way.
     pub websocket: bool,
@@ -73,7 +76,12 @@ impl Line<'_> {
             Some(ms) => millis(ms, out),
             None => out.extend_from_slice(b"null"),
         }
-        for (name, v) in [("consumer", self.consumer), ("rejection", self.rejection), ("error", self.error)] {
+        for (name, v) in [
+            ("consumer", self.consumer),
+            ("rejection", self.rejection),
+            ("error", self.error),
+            ("trace_id", self.trace_id),
+        ] {
             if let Some(v) = v {
                 field_str(out, name, v);
             }
@@ -224,6 +232,7 @@ mod tests {
             consumer,
             rejection: None,
             error: None,
+            trace_id: None,
             websocket: false,
             grpc_status: None,
             grpc_method: None,

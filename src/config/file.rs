@@ -1,6 +1,7 @@
 //! The file as written by users. `deny_unknown_fields` everywhere: a typo is an error, not
 //! a silently ignored setting. `PartialEq` lets a reload tell what changed.
 
+pub use super::observability::{LogFormat, OtlpProtocol, TracingCfg};
 pub use super::tls::{AcmeCfg, AcmeChallenge, CertCfg, ClientCertMode, Listener, Tls, TlsVersion};
 use super::values::{Cidr, Dur, Secret, Size};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ pub struct File {
     pub admin: Option<Admin>,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub tracing: Option<TracingCfg>,
     #[serde(default)]
     pub metrics: MetricsCfg,
     #[serde(default)]
@@ -239,6 +242,8 @@ pub struct Log {
     pub access: String,
     #[serde(default = "d_level")]
     pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
 }
 
 fn d_access() -> String {
@@ -253,6 +258,7 @@ impl Default for Log {
         Log {
             access: d_access(),
             level: d_level(),
+            format: LogFormat::default(),
         }
     }
 }
@@ -533,6 +539,9 @@ pub struct Route {
     /// Also accept grpc-web (binary and text) from browsers over HTTP/1.1.
     #[serde(default)]
     pub grpc_web: bool,
+    /// This route's share of new traces, instead of `[tracing] sample_ratio`.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
 }

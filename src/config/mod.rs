@@ -6,12 +6,14 @@
 
 mod error;
 mod file;
+mod observability;
 mod tls;
 mod validate;
 pub mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;
+pub use observability::check_ratio;
 
 use std::path::Path;
 

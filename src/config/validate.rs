@@ -14,6 +14,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     acme(f, &mut out);
     admin(f, &mut out);
     log(f, &mut out);
+    super::observability::validate(f, &mut out);
     upstreams(f, &mut out);
     store(f, &mut out);
     plans(f, &mut out);

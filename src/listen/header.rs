@@ -209,6 +209,7 @@ impl<A> HeaderGuard<A> {
                 consumer: None,
                 rejection: Some(reason),
                 error: None,
+                trace_id: None,
                 websocket: false,
                 grpc_status: None,
                 grpc_method: None,

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub grpc_deadline: Option<Duration>,
     /// grpc-web bridged to gRPC for this request.
     pub web: Option<Box<super::grpc_web::WebBridge>>,
+    /// The request's spans, when tracing is on.
+    pub trace: Option<Box<crate::trace::request::ReqTrace>>,
 }
 
 /// What happened on the upstream side.
@@ -92,6 +94,7 @@ impl Ctx {
             grpc_status: None,
             grpc_deadline: None,
             web: None,
+            trace: None,
         }
     }
 

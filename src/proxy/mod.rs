@@ -18,6 +18,7 @@ mod listener;
 mod observe;
 mod stream;
 mod target;
+mod traced;
 
 use crate::live::Live;
 use async_trait::async_trait;
@@ -119,6 +120,7 @@ impl ProxyHttp for Gateway {
         ctx.strip = strip;
         ctx.plugin.route = route.name.clone();
         ctx.route = Some(route.clone());
+        traced::start(session, ctx);
         ctx.websocket = stream::wants_websocket(session);
         if ctx.websocket {
             // Either the connection becomes the session or it ends: what the client sends
@@ -300,6 +302,7 @@ impl ProxyHttp for Gateway {
         ctx.upstream.target = Some(cluster.targets[idx].name.clone());
         ctx.upstream.in_flight = Some(crate::upstream::InFlight::new(cluster.clone(), idx));
         ctx.upstream.started = Some(Instant::now());
+        traced::attempt(session, ctx, &cluster.name);
         let mut peer = cluster.peer(idx, route.timeout);
         if ctx.unbounded_reads {
             peer.options.read_timeout = None;
@@ -312,6 +315,7 @@ impl ProxyHttp for Gateway {
     }
 
     fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
+        traced::attempt_failed(ctx, &e);
         let mut e = e.more_context(format!("Peer: {peer}"));
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
@@ -330,6 +334,7 @@ impl ProxyHttp for Gateway {
     }
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        traced::attempt_failed(ctx, &e);
         let retry = ctx.route.as_ref().and_then(|r| r.cluster.as_ref()).is_some_and(|c| {
             session.req_header().method.is_idempotent()
                 && ctx.upstream.tried.len() <= c.retries as usize
@@ -360,6 +365,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        traced::inject(ctx, upstream);
         Ok(())
     }
 

@@ -25,6 +25,8 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         .map(|open| open.finish(ctx.route_name(), bytes_in, bytes_out))
         .is_some();
 
+    let trace = super::traced::take(session, ctx);
+    let trace_id = trace.as_ref().map(|t| t.trace_id());
     let req = session.req_header();
     let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
     if metrics_on {
@@ -62,6 +64,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 consumer: ctx.plugin.consumer_name(),
                 rejection: ctx.plugin.rejection.or(ctx.error),
                 error: err_text,
+                trace_id: trace_id.as_deref(),
                 websocket,
                 grpc_status: ctx.grpc.and(ctx.grpc_status),
                 grpc_method: ctx.grpc.map(|_| req.uri.path()),
@@ -77,6 +80,16 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 }),
             });
         }
+    }
+    if let Some(t) = trace {
+        t.finish(crate::trace::request::End {
+            status,
+            upstream_status: ctx.upstream.status,
+            upstream: ctx.route.as_ref().and_then(|r| r.cluster.as_ref()).map(|c| &*c.name).unwrap_or(""),
+            consumer: ctx.plugin.consumer_name(),
+            rejection: ctx.plugin.rejection.or(ctx.error),
+            error: e.map(error_text),
+        });
     }
     // Tells the circuit breaker how the target did, and releases its in-flight slot. An
     // error of the client's or the gateway's own says nothing about the target.

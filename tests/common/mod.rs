@@ -6,6 +6,7 @@ pub mod client;
 pub mod gateway;
 pub mod grpc;
 pub mod load;
+pub mod otlp;
 pub mod redis;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,199 @@
+//! One request's spans. The SERVER span is made once the route is known (its ratio and its
+//! name depend on it) but dated from the request's arrival; requests answered before routing
+//! get theirs at the end, dated the same way. Every upstream attempt is its own CLIENT span,
+//! so a retry shows as two.
+
+use once_cell::sync::Lazy;
+use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
+use pingora_http::RequestHeader;
+use std::time::{Instant, SystemTime};
+
+static PROPAGATOR: Lazy<TraceContextPropagator> = Lazy::new(TraceContextPropagator::new);
+
+pub struct ReqTrace {
+    tracer: SdkTracer,
+    /// The incoming context with the SERVER span in it: the parent of every attempt.
+    server: Context,
+    /// The attempt in progress, with its CLIENT span.
+    client: Option<Context>,
+    attempts: u32,
+}
+
+/// What a request says about itself when its SERVER span starts.
+pub struct Arrival<'a> {
+    pub req: &'a RequestHeader,
+    pub started: Instant,
+    pub route: Option<&'a str>,
+    pub client_ip: std::net::IpAddr,
+    pub request_id: &'a str,
+}
+
+impl ReqTrace {
+    pub fn start(tracer: &SdkTracer, a: Arrival<'_>) -> ReqTrace {
+        // An invalid or absent `traceparent` gives an empty context: a new trace.
+        let parent = PROPAGATOR.extract(&opentelemetry_http::HeaderExtractor(&a.req.headers));
+        let method = a.req.method.as_str().to_string();
+        let name = match a.route {
+            Some(r) => format!("{method} {r}"),
+            None => method.clone(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("url.path", a.req.uri.path().to_string()),
+            KeyValue::new("client.address", a.client_ip.to_string()),
+            KeyValue::new("gatehouse.request_id", a.request_id.to_string()),
+        ];
+        if let Some(r) = a.route {
+            attributes.push(KeyValue::new("http.route", r.to_string()));
+        }
+        let builder = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(arrival(a.started))
+            .with_attributes(attributes);
+        let span = tracer.build_with_context(builder, &parent);
+        ReqTrace {
+            tracer: tracer.clone(),
+            server: parent.with_span(span),
+            client: None,
+            attempts: 0,
+        }
+    }
+
+    /// A new upstream attempt: ends the one before it (a retry), starts its CLIENT span.
+    pub fn attempt(&mut self, method: &http::Method, upstream: &str, target: &str) {
+        self.attempt_failed("retried");
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method.as_str().to_string()),
+            KeyValue::new("gatehouse.upstream", upstream.to_string()),
+        ];
+        match target.rsplit_once(':') {
+            Some((host, port)) => {
+                attributes.push(KeyValue::new("server.address", host.trim_matches(['[', ']']).to_string()));
+                if let Ok(p) = port.parse::<i64>() {
+                    attributes.push(KeyValue::new("server.port", p));
+                }
+            }
+            None => attributes.push(KeyValue::new("server.address", target.to_string())),
+        }
+        if self.attempts > 0 {
+            attributes.push(KeyValue::new("http.request.resend_count", i64::from(self.attempts)));
+        }
+        self.attempts += 1;
+        let builder = self
+            .tracer
+            .span_builder(method.as_str().to_string())
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes);
+        let span = self.tracer.build_with_context(builder, &self.server);
+        self.client = Some(self.server.with_span(span));
+    }
+
+    /// The attempt in progress failed before an answer (connect refused, reset, timeout).
+    pub fn attempt_failed(&mut self, error_type: &str) {
+        if let Some(cx) = self.client.take() {
+            let span = cx.span();
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new("error.type", error_type.to_string()));
+                span.set_status(Status::error(error_type.to_string()));
+            }
+            span.end();
+        }
+    }
+
+    /// The upstream answered: the attempt ends with its status.
+    pub fn attempt_answered(&mut self, status: u16) {
+        if let Some(cx) = self.client.take() {
+            let span = cx.span();
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+                if status >= 500 {
+                    span.set_attribute(KeyValue::new("error.type", status.to_string()));
+                    span.set_status(Status::error(""));
+                }
+            }
+            span.end();
+        }
+    }
+
+    /// `traceparent` (and `tracestate`, or none) for the upstream: its parent is the attempt's
+    /// CLIENT span.
+    pub fn inject(&self, upstream: &mut RequestHeader) {
+        let cx = self.client.as_ref().unwrap_or(&self.server);
+        PROPAGATOR.inject_context(cx, &mut Inject(upstream));
+    }
+
+    /// 32 hex digits, for the access log line.
+    pub fn trace_id(&self) -> String {
+        self.server.span().span_context().trace_id().to_string()
+    }
+
+    pub fn finish(mut self, end: End<'_>) {
+        match end.upstream_status {
+            Some(s) => self.attempt_answered(s),
+            None => self.attempt_failed(end.error.unwrap_or("unfinished")),
+        }
+        let span = self.server.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(end.status)));
+            if let Some(c) = end.consumer {
+                span.set_attribute(KeyValue::new("gatehouse.consumer", c.to_string()));
+            }
+            if !end.upstream.is_empty() {
+                span.set_attribute(KeyValue::new("gatehouse.upstream", end.upstream.to_string()));
+            }
+            if let Some(r) = end.rejection {
+                span.set_attribute(KeyValue::new("gatehouse.rejection", r));
+            }
+            // Semantic conventions: a server span is an error on 5xx (and on a failure
+            // with no answer at all), not on the client's own 4xx.
+            let error = end
+                .error
+                .map(str::to_string)
+                .or_else(|| (end.status >= 500).then(|| end.status.to_string()));
+            if let Some(e) = error {
+                span.set_attribute(KeyValue::new("error.type", e.clone()));
+                span.set_status(Status::error(e));
+            }
+        }
+        span.end();
+    }
+}
+
+pub struct End<'a> {
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub upstream: &'a str,
+    pub consumer: Option<&'a str>,
+    pub rejection: Option<&'static str>,
+    pub error: Option<&'a str>,
+}
+
+/// The wall-clock time the request arrived: now, less what the monotonic clock says passed.
+fn arrival(started: Instant) -> SystemTime {
+    SystemTime::now().checked_sub(started.elapsed()).unwrap_or_else(SystemTime::now)
+}
+
+/// Writes through `RequestHeader`'s setters (which keep its header-case map in step). An
+/// empty `tracestate` is removed rather than sent empty, so a client's `tracestate` never
+/// rides along with a trace it does not belong to.
+struct Inject<'a>(&'a mut RequestHeader);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let name: &'static str = match key {
+            "traceparent" => "traceparent",
+            "tracestate" => "tracestate",
+            _ => return,
+        };
+        if value.is_empty() {
+            self.0.remove_header(name);
+        } else if let Err(e) = self.0.insert_header(name, value) {
+            log::debug!("tracing: cannot set {name}: {e}");
+        }
+    }
+}
