@@ -45,6 +45,13 @@ pub fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, varian
                 dir.join("jwt-rsa.pub.pem").display()
             ));
         }
+        "G1T" | "G1T01" => {
+            let ratio = if variant == "G1T" { "1.0" } else { "0.01" };
+            extra.push_str(&format!(
+                "[tracing]\nendpoint = \"http://127.0.0.1:{}/v1/traces\"\nsample_ratio = {ratio}\n",
+                super::otlp_sink::port()
+            ));
+        }
         "GC" => {
             plugins.push_str("[routes.bench.plugins.cache]\ndefault_ttl = \"1h\"\n");
             extra.push_str("[cache]\nmemory = \"64MiB\"\n");
@@ -114,6 +121,8 @@ pub fn describe(name: &str) -> &'static str {
         "GJR" => "G1 + JWT RS256",
         "GR" => "G4 with the rate limit in Redis",
         "GC" => "G1 + cache, every request a hit",
+        "G1T" => "G1 + tracing, every request sampled, to a live OTLP receiver",
+        "G1T01" => "G1T at sample_ratio 0.01",
         _ => "",
     }
 }
