@@ -32,6 +32,7 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_objects: IntGauge,
     pub cache_evictions: IntCounter,
+    pub open_connections: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -43,7 +44,21 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+/// Series that exist from the start with a zero, so that rules and panels have something to
+/// compute `rate()` and `increase()` on before the first event.
+fn zeroes(m: &Metrics) {
+    for result in ["ok", "error"] {
+        m.reloads.with_label_values(&[result]);
+    }
+}
+
 pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    let m = build();
+    zeroes(&m);
+    m
+});
+
+fn build() -> Metrics {
     let r = Registry::new();
     // 0.5 ms .. ~65 s
     let buckets = exponential_buckets(0.0005, 2.0, 18).unwrap_or_default();
@@ -197,9 +212,17 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             )
             .expect("static counter"),
         ),
+        open_connections: reg(
+            &r,
+            IntGauge::new(
+                "gatehouse_downstream_connections_open",
+                "Client connections open now, on every listener (idle keep-alive ones included).",
+            )
+            .expect("static gauge"),
+        ),
         registry: r,
     }
-});
+}
 
 /// The Prometheus text exposition of every metric.
 pub fn render() -> Vec<u8> {

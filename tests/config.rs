@@ -60,6 +60,7 @@ fn valid_config_passes_and_shipped_configs_pass() {
             .arg(f)
             .env("GATEHOUSE_ADMIN_TOKEN", "x")
             .env("ACME_KEY", "x")
+            .env("OTLP_TOKEN", "x")
             .output()
             .unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));

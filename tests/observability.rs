@@ -171,3 +171,53 @@ fn allocations_are_counted_only_when_asked() {
     assert!(after - before >= 50.0, "{before} -> {after}");
     assert!(gw.metric("gatehouse_allocated_bytes_total") > bytes_before);
 }
+
+#[test]
+fn per_target_outcomes_pool_reuse_and_open_connections_are_series() {
+    let up = Upstream::start("live");
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let gw = Gateway::start(&format!(
+        "[upstreams.pair]\ntargets = [\"{dead}\", \"{}\"]\nretries = 1\n[routes.pair]\npaths = [\"/\"]\nupstream = \"pair\"\n",
+        up.addr
+    ));
+    for i in 0..4 {
+        assert_eq!(gw.get(&format!("/r{i}")).status, 200, "the retry reaches the live target");
+    }
+    let series = |target: &str, outcome: &str| {
+        gw.metric(&format!(
+            r#"gatehouse_upstream_target_requests_total{{outcome="{outcome}",target="{target}",upstream="pair"}}"#
+        ))
+    };
+    assert_eq!(series(&up.addr, "2xx"), 4.0);
+    assert_eq!(series(&up.addr, "error"), 0.0);
+    assert!(
+        series(&dead, "error") >= 1.0,
+        "the refused connects were not counted against the dead target"
+    );
+    assert_eq!(series(&dead, "2xx"), 0.0);
+    assert_eq!(
+        gw.metric(&format!(
+            r#"gatehouse_upstream_target_duration_seconds_count{{target="{}",upstream="pair"}}"#,
+            up.addr
+        )),
+        4.0
+    );
+    // Four answers from the live target over kept-alive upstream connections.
+    let reused = gw.metric(r#"gatehouse_upstream_connections_total{reused="true",upstream="pair"}"#);
+    let fresh = gw.metric(r#"gatehouse_upstream_connections_total{reused="false",upstream="pair"}"#);
+    assert_eq!(reused + fresh, 4.0);
+    assert!(fresh >= 1.0 && reused >= 1.0, "reused {reused}, new {fresh}");
+
+    // A client connection held open counts until it closes.
+    let open = || gw.metric("gatehouse_downstream_connections_open");
+    let before = open();
+    let mut held = std::net::TcpStream::connect(&gw.addr).unwrap();
+    std::io::Write::write_all(&mut held, b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = common::client::read_response(&mut held).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(open(), before + 1.0);
+    drop(held);
+    wait_until(Duration::from_secs(5), "the closed connection to leave the gauge", || {
+        open() == before
+    });
+}

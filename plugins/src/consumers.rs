@@ -54,6 +54,9 @@ pub struct Consumer {
     pub header_value: Option<http::HeaderValue>,
     pub groups: Vec<String>,
     pub plan: Option<String>,
+    /// `gatehouse_consumer_requests_total` for a consumer of the config. A name that came
+    /// from a token (an unregistered JWT subject) has none: a client must not mint series.
+    pub requests: Option<prometheus::IntCounter>,
 }
 
 impl Consumer {
@@ -65,6 +68,7 @@ impl Consumer {
             header_value: http::HeaderValue::from_str(name).ok(),
             groups: Vec::new(),
             plan: None,
+            requests: None,
         }
     }
 
@@ -118,6 +122,7 @@ impl Consumers {
         let c = Arc::new(Consumer {
             groups,
             plan,
+            requests: Some(crate::metrics::CONSUMER_REQUESTS.with_label_values(&[name])),
             ..Consumer::named(name)
         });
         for (i, k) in creds.keys.iter().enumerate() {

@@ -35,6 +35,18 @@ pub static STORE_LATENCY: Lazy<HistogramVec> = Lazy::new(|| {
     )
 });
 
+/// Requests per consumer of the config, whatever their answer; the usage panel of the
+/// dashboard. Unregistered names (JWT subjects) and anonymous requests are not counted here.
+pub static CONSUMER_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("gatehouse_consumer_requests_total", "Requests by a consumer of the config."),
+            &["consumer"],
+        )
+        .expect("static metric"),
+    )
+});
+
 /// Makes sure every metric exists (with no samples) before the first scrape.
 pub fn init() {
     Lazy::force(&STORE_ERRORS);

@@ -94,6 +94,7 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        METRICS.open_connections.dec();
         if let Some((per_ip, ip)) = self.ip.take() {
             per_ip.leave(ip);
         }
@@ -104,6 +105,7 @@ impl Drop for Slot {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        METRICS.open_connections.inc();
         let mut slot = Slot {
             open: self.open.clone(),
             ip: None,

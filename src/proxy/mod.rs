@@ -314,6 +314,27 @@ impl ProxyHttp for Gateway {
         Ok(peer)
     }
 
+    /// Pool reuse per upstream: a low share of reused connections means the pool is too
+    /// small or the targets close idle connections early.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(c) = ctx.route.as_ref().and_then(|r| r.cluster.as_ref()) {
+            if reused {
+                c.pool.reused.inc();
+            } else {
+                c.pool.new.inc();
+            }
+        }
+        Ok(())
+    }
+
     fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
         traced::attempt_failed(ctx, &e);
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -326,6 +347,7 @@ impl ProxyHttp for Gateway {
         // Only what the target caused counts against it: a client that hangs up mid-body,
         // or a body the gateway refused, says nothing about the target.
         if observe::target_caused(&e) {
+            observe::attempt_failed(ctx);
             if let Some(f) = ctx.upstream.in_flight.take() {
                 f.report(false);
             }
@@ -335,6 +357,7 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         traced::attempt_failed(ctx, &e);
+        observe::attempt_failed(ctx);
         let retry = ctx.route.as_ref().and_then(|r| r.cluster.as_ref()).is_some_and(|c| {
             session.req_header().method.is_idempotent()
                 && ctx.upstream.tried.len() <= c.retries as usize

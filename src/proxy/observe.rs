@@ -107,6 +107,15 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
 }
 
+/// The current attempt's target failed without an answer: counted against that target.
+pub fn attempt_failed(ctx: &Ctx) {
+    if let (Some(c), Some(&i)) = (ctx.route.as_ref().and_then(|r| r.cluster.as_ref()), ctx.upstream.tried.last()) {
+        if let Some(t) = c.targets.get(i) {
+            t.stats.failed();
+        }
+    }
+}
+
 /// Errors the target caused: it refused or timed out a connection, reset or timed out the
 /// exchange, or answered with something unreadable. Not: the client going away, a body
 /// the gateway refused (413, malformed framing), the gateway's own errors.
@@ -139,9 +148,17 @@ fn record_metrics(method: &'static str, status: u16, elapsed: std::time::Duratio
         route.metrics.bytes_out.inc_by(bytes_out as u64);
         if let (Some(c), Some(up)) = (route.cluster.as_ref(), ctx.upstream.elapsed) {
             c.duration.observe(up.as_secs_f64());
+            let target = ctx.upstream.tried.last().and_then(|&i| c.targets.get(i));
+            if let (Some(t), Some(status)) = (target, ctx.upstream.status) {
+                t.stats.answered(status);
+                t.stats.duration.observe(up.as_secs_f64());
+            }
         }
         if let Some(s) = ctx.cache_status {
             METRICS.cache_requests.with_label_values(&[&route.name, s]).inc();
+        }
+        if let Some(c) = ctx.plugin.consumer.as_ref().and_then(|c| c.requests.as_ref()) {
+            c.inc();
         }
         if let Some(reason) = ctx.plugin.rejection {
             METRICS.rejections.with_label_values(&[&route.name, reason]).inc();

@@ -6,6 +6,7 @@
 mod balance;
 pub mod health;
 mod health_grpc;
+pub mod stats;
 mod tls;
 
 use crate::config::{self, Balance};
@@ -40,6 +41,7 @@ pub struct Target {
     /// The Host header value for this target, built once (cloning shares the bytes).
     pub host_header: http::HeaderValue,
     healthy_gauge: IntGauge,
+    pub stats: stats::TargetStats,
 }
 
 /// Milliseconds since the process started (never 0).
@@ -133,6 +135,7 @@ pub struct Cluster {
     cursor: AtomicUsize,
     pub retries: u32,
     pub duration: Histogram,
+    pub pool: stats::PoolStats,
     /// TLS to the targets, for the health checker's connections.
     pub tls: Option<tls::PeerTls>,
 }
@@ -160,6 +163,8 @@ impl Cluster {
             gauge.set(1);
             let ejected_gauge = METRICS.target_ejected.with_label_values(&[name, t.addr()]);
             ejected_gauge.set(0);
+            // At zero from the start: the ejection and retry panels need a series to rate.
+            METRICS.ejections.with_label_values(&[name, t.addr()]);
             targets.push(Target {
                 addr,
                 failures: AtomicU32::new(0),
@@ -180,6 +185,7 @@ impl Cluster {
                 ))
                 .map_err(|_| format!("`{}` is not usable as a Host header", t.addr()))?,
                 healthy_gauge: gauge,
+                stats: stats::TargetStats::new(name, t.addr()),
             });
             if let Some(old) = prev.and_then(|p| p.targets.iter().find(|o| o.addr == addr)) {
                 if let Some(new) = targets.last() {
@@ -188,6 +194,7 @@ impl Cluster {
             }
         }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        METRICS.retries.with_label_values(&[name]);
         Ok(Cluster {
             name: Arc::from(name),
             config: cfg.clone(),
@@ -198,6 +205,7 @@ impl Cluster {
             targets,
             retries: cfg.retries,
             duration: METRICS.upstream_duration.with_label_values(&[name]),
+            pool: stats::PoolStats::new(name),
             tls: peer_tls,
         })
     }
