@@ -80,6 +80,7 @@ impl Live {
                 status.needs_upgrade = r.needs_upgrade.clone();
                 status.reloads += 1;
                 METRICS.reloads.with_label_values(&["ok"]).inc();
+                crate::alerts::reload_result(None);
                 log::info!(
                     "config reloaded from {} (hash {}, changed: {})",
                     self.path.display(),
@@ -93,6 +94,7 @@ impl Live {
             Err(errors) => {
                 status.last_error = errors.clone();
                 METRICS.reloads.with_label_values(&["error"]).inc();
+                crate::alerts::reload_result(Some(&errors.join("; ")));
                 for e in errors {
                     log::error!("config reload refused, still serving the previous config: {e}");
                 }

@@ -43,6 +43,17 @@ struct Cli {
 enum Command {
     /// Read a password from stdin and print its argon2id hash for `basic_auth.password_hash`.
     HashPassword,
+    /// Alert rules: `alerts export-rules` prints the config's `[alerts.rules]` as a
+    /// Prometheus rules file.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AlertsAction {
+    ExportRules,
 }
 
 /// An admin API without a token can change nothing (reload, purge, usage reset refuse),
@@ -96,6 +107,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(Command::Alerts {
+        action: AlertsAction::ExportRules,
+    }) = cli.command
+    {
+        let Some(alerts) = file.alerts.as_ref() else {
+            eprintln!("{name}: there is no [alerts] table to export");
+            return ExitCode::from(1);
+        };
+        let group = format!(
+            "gatehouse-{}",
+            cli.conf.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
+        );
+        let rules = gatehouse::alerts::export::rules(alerts, &group);
+        println!("# Prometheus rules from {name}'s [alerts.rules], by `gatehouse alerts export-rules`.");
+        println!("# JSON is YAML: Prometheus and promtool read this file as it is.");
+        println!("{}", serde_json::to_string_pretty(&rules).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     if let Some(key) = &cli.get {
         let s = &file.server;
         let value = match key.as_str() {

@@ -147,6 +147,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
     }
     server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
     server.add_service(background_service("acme", crate::acme::AcmeWorker { live: live.clone() }));
+    let live_for_alerts = live.clone();
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));
     let privileges = (file.server.user.is_some() || file.server.group.is_some()).then(|| {
         let mut addrs: Vec<String> = file.listeners.values().map(|l| l.addr.clone()).collect();
@@ -158,6 +159,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
         }
     });
     server.add_service(background_service("stores", crate::state::StoreWorker { privileges }));
+    server.add_service(background_service("alerts", crate::alerts::AlertsService { live: live_for_alerts }));
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });

@@ -47,6 +47,8 @@ pub struct Route {
     pub plugins: Vec<Arc<dyn Plugin>>,
     pub metrics: RouteMetrics,
     pub cache: Option<Arc<crate::cache::Policy>>,
+    /// The counts this route's SLO alert rules read, when any rule covers it.
+    pub alerts: Option<Arc<crate::alerts::series::RouteSeries>>,
     /// This route's tracer (its sampling ratio), when `[tracing]` is on.
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
@@ -262,6 +264,7 @@ impl Snapshot {
                 grpc_web: r.grpc_web,
                 plugins,
                 tracer: tracer_for(r.sample_ratio),
+                alerts: crate::alerts::series_for(&file, name),
                 metrics: RouteMetrics {
                     duration: METRICS.request_duration.with_label_values(&[name]),
                     bytes_in: METRICS.bytes_received.with_label_values(&[name]),

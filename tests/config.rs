@@ -61,6 +61,7 @@ fn valid_config_passes_and_shipped_configs_pass() {
             .env("GATEHOUSE_ADMIN_TOKEN", "x")
             .env("ACME_KEY", "x")
             .env("OTLP_TOKEN", "x")
+            .env("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
             .output()
             .unwrap();
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));

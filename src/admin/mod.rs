@@ -114,6 +114,7 @@ impl ServeHttp for Admin {
             (Method::GET, "/healthz") => json_reply(StatusCode::OK, json!({"status": "ok"})),
             (Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render()),
             (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),
+            (Method::GET, "/alerts") => json_reply(StatusCode::OK, alerts()),
             (Method::POST, "/reload") => {
                 let live = self.live.clone();
                 let result = tokio::task::spawn_blocking(move || live.reload()).await;
@@ -187,6 +188,25 @@ impl Admin {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// `GET /alerts`: what is pending or firing at the last evaluation.
+fn alerts() -> serde_json::Value {
+    let list: Vec<_> = crate::alerts::active()
+        .into_iter()
+        .map(|a| {
+            json!({
+                "rule": a.rule,
+                "state": match a.phase { crate::alerts::state::Phase::Pending => "pending", crate::alerts::state::Phase::Firing => "firing" },
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "activeSince": humantime::format_rfc3339_millis(a.active_since).to_string(),
+                "firedAt": a.fired_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                "fingerprint": a.fingerprint,
+            })
+        })
+        .collect();
+    json!({ "alerts": list })
 }
 
 /// `GET /usage/{consumer}` and `POST /usage/{consumer}/reset`.

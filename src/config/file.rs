@@ -24,6 +24,8 @@ pub struct File {
     #[serde(default)]
     pub tracing: Option<TracingCfg>,
     #[serde(default)]
+    pub alerts: Option<super::AlertsCfg>,
+    #[serde(default)]
     pub metrics: MetricsCfg,
     #[serde(default)]
     pub store: Option<StoreCfg>,

@@ -4,6 +4,7 @@
 //! runtime model. Keeping the two apart lets the file format grow without touching the
 //! hot path.
 
+mod alerts;
 mod error;
 mod file;
 mod observability;
@@ -11,6 +12,7 @@ mod tls;
 mod validate;
 pub mod values;
 
+pub use alerts::{default_windows, AlertsCfg, ReceiverCfg, ReceiverKind, RuleCfg, RuleKind, Threshold, WindowCfg};
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;
 pub use observability::check_ratio;

@@ -15,6 +15,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     admin(f, &mut out);
     log(f, &mut out);
     super::observability::validate(f, &mut out);
+    super::alerts::validate(f, &mut out);
     upstreams(f, &mut out);
     store(f, &mut out);
     plans(f, &mut out);

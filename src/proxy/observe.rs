@@ -38,6 +38,9 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         }
     }
     if let Some(route) = ctx.route.as_ref() {
+        if let Some(s) = route.alerts.as_ref() {
+            s.record(status, elapsed);
+        }
         for p in route.plugins.iter() {
             super::chain::log(p, status, &ctx.plugin);
         }

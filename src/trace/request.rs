@@ -5,7 +5,7 @@
 
 use once_cell::sync::Lazy;
 use opentelemetry::propagation::{Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
@@ -36,26 +36,26 @@ impl ReqTrace {
     pub fn start(tracer: &SdkTracer, a: Arrival<'_>) -> ReqTrace {
         // An invalid or absent `traceparent` gives an empty context: a new trace.
         let parent = PROPAGATOR.extract(&opentelemetry_http::HeaderExtractor(&a.req.headers));
-        let method = a.req.method.as_str().to_string();
-        let name = match a.route {
-            Some(r) => format!("{method} {r}"),
-            None => method.clone(),
-        };
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("url.path", a.req.uri.path().to_string()),
-            KeyValue::new("client.address", a.client_ip.to_string()),
-            KeyValue::new("gatehouse.request_id", a.request_id.to_string()),
-        ];
-        if let Some(r) = a.route {
-            attributes.push(KeyValue::new("http.route", r.to_string()));
-        }
+        // The sampler sees only the name and kind (the ratio sampler reads neither); the
+        // name and attributes that cost allocations are added only to a span that records.
+        let method = crate::metrics::method_label(&a.req.method);
         let builder = tracer
-            .span_builder(name)
+            .span_builder(method)
             .with_kind(SpanKind::Server)
-            .with_start_time(arrival(a.started))
-            .with_attributes(attributes);
-        let span = tracer.build_with_context(builder, &parent);
+            .with_start_time(arrival(a.started));
+        let mut span = tracer.build_with_context(builder, &parent);
+        if span.is_recording() {
+            if let Some(r) = a.route {
+                span.update_name(format!("{method} {r}"));
+                span.set_attribute(KeyValue::new("http.route", r.to_string()));
+            }
+            span.set_attributes([
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("url.path", a.req.uri.path().to_string()),
+                KeyValue::new("client.address", a.client_ip.to_string()),
+                KeyValue::new("gatehouse.request_id", a.request_id.to_string()),
+            ]);
+        }
         ReqTrace {
             tracer: tracer.clone(),
             server: parent.with_span(span),
@@ -67,8 +67,19 @@ impl ReqTrace {
     /// A new upstream attempt: ends the one before it (a retry), starts its CLIENT span.
     pub fn attempt(&mut self, method: &http::Method, upstream: &str, target: &str) {
         self.attempt_failed("retried");
+        let method = crate::metrics::method_label(method);
+        let builder = self.tracer.span_builder(method).with_kind(SpanKind::Client);
+        let mut span = self.tracer.build_with_context(builder, &self.server);
+        if span.is_recording() {
+            span.set_attributes(self.attempt_attributes(method, upstream, target));
+        }
+        self.attempts += 1;
+        self.client = Some(self.server.with_span(span));
+    }
+
+    fn attempt_attributes(&self, method: &'static str, upstream: &str, target: &str) -> Vec<KeyValue> {
         let mut attributes = vec![
-            KeyValue::new("http.request.method", method.as_str().to_string()),
+            KeyValue::new("http.request.method", method),
             KeyValue::new("gatehouse.upstream", upstream.to_string()),
         ];
         match target.rsplit_once(':') {
@@ -83,14 +94,7 @@ impl ReqTrace {
         if self.attempts > 0 {
             attributes.push(KeyValue::new("http.request.resend_count", i64::from(self.attempts)));
         }
-        self.attempts += 1;
-        let builder = self
-            .tracer
-            .span_builder(method.as_str().to_string())
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes);
-        let span = self.tracer.build_with_context(builder, &self.server);
-        self.client = Some(self.server.with_span(span));
+        attributes
     }
 
     /// The attempt in progress failed before an answer (connect refused, reset, timeout).
