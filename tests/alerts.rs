@@ -249,3 +249,77 @@ fn export_rules_prints_a_rules_file_promtool_accepts() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[test]
+fn certificates_near_expiry_and_consumers_near_their_quota_fire() {
+    let app = Upstream::start("app");
+    let hook = Upstream::start("hook");
+    let dir = common::gateway::test_dir();
+    let ca = common::tls::Ca::new("alerts-ca");
+    let soon = ca.leaf(&dir, "soon", &["soon.test"], -1, 5);
+    let later = ca.leaf(&dir, "later", &["later.test"], -1, 90);
+    let rules = "[alerts.rules.certs]\nkind = \"cert_expiry\"\nwarn_before = \"14d\"\nreceivers = [\"ops\"]\n\
+                 [alerts.rules.quota]\nkind = \"quota_near_exhaustion\"\nthreshold = 0.5\nreceivers = [\"ops\"]\n";
+    let gw = Gateway::start(&format!(
+        r#"
+[tls.certificates.soon]
+cert = "file:{}"
+key = "file:{}"
+[tls.certificates.later]
+cert = "file:{}"
+key = "file:{}"
+[plans.gold]
+quota = {{ requests = 10, per = "day" }}
+[consumers.acme]
+keys = ["acme-key"]
+plan = "gold"
+[upstreams.app]
+targets = ["{}"]
+[routes.q]
+paths = ["/"]
+upstream = "app"
+[routes.q.plugins.key_auth]
+[routes.q.plugins.quota]
+{}"#,
+        soon.cert.display(),
+        soon.key.display(),
+        later.cert.display(),
+        later.key.display(),
+        app.addr,
+        alerts_section(&hook, rules)
+    ));
+    let fired = |label: &str, value: &str| {
+        notices(&hook, "/hook")
+            .iter()
+            .any(|n| n["status"] == "firing" && n["alerts"][0]["labels"][label] == value)
+    };
+    wait_until(WAIT, "the certificate alert", || fired("cert", "soon"));
+    assert!(!fired("cert", "later"), "a certificate 90 days out fired");
+    // Four of ten: below the threshold. Then the fifth.
+    for _ in 0..4 {
+        assert_eq!(
+            common::request(&gw.addr, "GET", "/", &[("x-api-key", "acme-key")], None).status,
+            200
+        );
+    }
+    // Two evaluations after the requests (and their delivery tick): nothing may fire.
+    let evaluated = gw.metric("gatehouse_alert_evaluations_total");
+    wait_until(WAIT, "two evaluations after the requests", || {
+        gw.metric("gatehouse_alert_evaluations_total") >= evaluated + 2.0
+    });
+    assert!(!fired("consumer", "acme"), "fired below the threshold");
+    assert_eq!(
+        common::request(&gw.addr, "GET", "/", &[("x-api-key", "acme-key")], None).status,
+        200
+    );
+    wait_until(WAIT, "the quota alert", || fired("consumer", "acme"));
+    let n = notices(&hook, "/hook")
+        .into_iter()
+        .find(|n| n["alerts"][0]["labels"]["consumer"] == "acme")
+        .unwrap();
+    assert_eq!(n["alerts"][0]["labels"]["plan"], "gold");
+    assert!(
+        n["alerts"][0]["annotations"]["summary"].as_str().unwrap().contains("used 5 of 10"),
+        "{n}"
+    );
+}

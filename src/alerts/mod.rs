@@ -24,6 +24,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+/// Evaluations done: a test (or an operator) can tell that a rule was looked at.
+pub static EVALUATIONS: once_cell::sync::Lazy<prometheus::IntCounter> = once_cell::sync::Lazy::new(|| {
+    let c = prometheus::IntCounter::new("gatehouse_alert_evaluations_total", "Alert rule evaluations.").expect("static counter");
+    if let Err(e) = crate::metrics::METRICS.registry.register(Box::new(c.clone())) {
+        log::error!("metric registration failed: {e}");
+    }
+    c
+});
+
 /// What `GET /alerts` shows: the alerts pending or firing at the last evaluation.
 static ACTIVE: Mutex<Vec<state::Alert>> = Mutex::new(Vec::new());
 /// The last reload's refusal, until a reload succeeds.
@@ -97,6 +106,7 @@ impl Engine {
             self.outbox.queue(&cfg.receivers, &a, &external);
         }
         *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()) = self.alerts.list();
+        EVALUATIONS.inc();
     }
 }
 
