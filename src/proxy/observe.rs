@@ -26,7 +26,8 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         .is_some();
 
     let trace = super::traced::take(session, ctx);
-    let trace_id = trace.as_ref().map(|t| t.trace_id());
+    let mut trace_buf = [0u8; 32];
+    let trace_id = trace.as_ref().map(|t| t.trace_id(&mut trace_buf));
     let req = session.req_header();
     let metrics_on = ctx.snapshot.as_ref().is_none_or(|s| s.file.metrics.enabled);
     if metrics_on {
@@ -67,7 +68,7 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
                 consumer: ctx.plugin.consumer_name(),
                 rejection: ctx.plugin.rejection.or(ctx.error),
                 error: err_text,
-                trace_id: trace_id.as_deref(),
+                trace_id,
                 websocket,
                 grpc_status: ctx.grpc.and(ctx.grpc_status),
                 grpc_method: ctx.grpc.map(|_| req.uri.path()),

@@ -4,7 +4,7 @@
 //! so a retry shows as two.
 
 use once_cell::sync::Lazy;
-use opentelemetry::propagation::{Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -125,15 +125,32 @@ impl ReqTrace {
     }
 
     /// `traceparent` (and `tracestate`, or none) for the upstream: its parent is the attempt's
-    /// CLIENT span.
+    /// CLIENT span. The SDK's propagator writes the same header through `core::fmt` (about
+    /// 4,000 instructions a request, the largest cost of an unsampled trace); this writes
+    /// its fixed 55 bytes directly. `tests` check the two agree.
     pub fn inject(&self, upstream: &mut RequestHeader) {
         let cx = self.client.as_ref().unwrap_or(&self.server);
-        PROPAGATOR.inject_context(cx, &mut Inject(upstream));
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        let tp = traceparent(sc);
+        if let Ok(v) = http::HeaderValue::from_bytes(&tp) {
+            let _ = upstream.insert_header("traceparent", v);
+        }
+        let state = sc.trace_state().header();
+        if state.is_empty() {
+            upstream.remove_header("tracestate");
+        } else if let Err(e) = upstream.insert_header("tracestate", state) {
+            log::debug!("tracing: cannot set tracestate: {e}");
+        }
     }
 
-    /// 32 hex digits, for the access log line.
-    pub fn trace_id(&self) -> String {
-        self.server.span().span_context().trace_id().to_string()
+    /// 32 hex digits, for the access log line, written into `buf`.
+    pub fn trace_id<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+        hex_into(&self.server.span().span_context().trace_id().to_bytes(), buf);
+        std::str::from_utf8(buf).unwrap_or("")
     }
 
     pub fn finish(mut self, end: End<'_>) {
@@ -182,22 +199,60 @@ fn arrival(started: Instant) -> SystemTime {
     SystemTime::now().checked_sub(started.elapsed()).unwrap_or_else(SystemTime::now)
 }
 
-/// Writes through `RequestHeader`'s setters (which keep its header-case map in step). An
-/// empty `tracestate` is removed rather than sent empty, so a client's `tracestate` never
-/// rides along with a trace it does not belong to.
-struct Inject<'a>(&'a mut RequestHeader);
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+}
 
-impl Injector for Inject<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        let name: &'static str = match key {
-            "traceparent" => "traceparent",
-            "tracestate" => "tracestate",
-            _ => return,
-        };
-        if value.is_empty() {
-            self.0.remove_header(name);
-        } else if let Err(e) = self.0.insert_header(name, value) {
-            log::debug!("tracing: cannot set {name}: {e}");
+/// `00-<trace id>-<span id>-<flags>`: version 00, lower-case hex, only the sampled flag (what
+/// the SDK's propagator sends). An empty `tracestate` is removed rather than sent empty (by
+/// `inject`), so a client's `tracestate` never rides along with a trace it does not belong to.
+fn traceparent(sc: &opentelemetry::trace::SpanContext) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    hex_into(&sc.trace_id().to_bytes(), &mut out[3..35]);
+    hex_into(&sc.span_id().to_bytes(), &mut out[36..52]);
+    hex_into(
+        &[(sc.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED).to_u8()],
+        &mut out[53..55],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use std::collections::HashMap;
+
+    /// The SDK's propagator's output for the same context.
+    fn sdk(sc: SpanContext) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        PROPAGATOR.inject_context(&Context::new().with_remote_span_context(sc), &mut out);
+        out
+    }
+
+    #[test]
+    fn traceparent_is_what_the_sdk_propagator_writes() {
+        for (t, s, f) in [
+            (
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128,
+                0x00f0_67aa_0ba9_02b7u64,
+                TraceFlags::SAMPLED,
+            ),
+            (1, 1, TraceFlags::default()),
+            (u128::MAX, u64::MAX, TraceFlags::new(0xff)),
+        ] {
+            let sc = SpanContext::new(TraceId::from(t), SpanId::from(s), f, true, TraceState::default());
+            let ours = String::from_utf8(traceparent(&sc).to_vec()).unwrap();
+            assert_eq!(Some(&ours), sdk(sc.clone()).get("traceparent"), "{t:x} {s:x} {f:?}");
+            let mut buf = [0u8; 32];
+            hex_into(&sc.trace_id().to_bytes(), &mut buf);
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), sc.trace_id().to_string());
         }
     }
 }
