@@ -2,6 +2,7 @@
 //! ephemeral ports, with readiness checks instead of sleeps.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
 pub mod client;
 pub mod gateway;
 pub mod grpc;
