@@ -211,6 +211,43 @@ fn bad_rules_are_refused_with_their_key_path() {
         "alerts.rules.x.objective",
         "not a setting",
     );
+    // With 90% the worst burn rate is 10: the default 14.4 pair could never fire.
+    refused(
+        "[alerts.rules.x]\nkind = \"slo_burn_rate\"\nobjective = 0.9\n",
+        "alerts.rules.x.windows[0].burn",
+        "can never be reached",
+    );
+    refused(
+        "[alerts.rules.x]\nkind = \"reload_failed\"\nlabels = { alertname = \"other\" }\n",
+        "alerts.rules.x.labels.alertname",
+        "set by the gateway",
+    );
+}
+
+#[test]
+fn a_receiver_that_refuses_a_notice_does_not_hold_the_next_one() {
+    let app = Upstream::start("app");
+    let hook = Upstream::start("hook");
+    hook.set(|b| b.status = 410);
+    let rules = "[alerts.rules.reload]\nkind = \"reload_failed\"\nreceivers = [\"ops\"]\n";
+    let body = format!(
+        "[upstreams.app]\ntargets = [\"{}\"]\n[routes.app]\npaths = [\"/\"]\nupstream = \"app\"\n{}",
+        app.addr,
+        alerts_section(&hook, rules)
+    );
+    let gw = Gateway::start(&body);
+    gw.write_config(&format!("{body}\n[routes.broken]\nupstream = \"nowhere\"\n"));
+    assert_ne!(gw.reload().status, 200);
+    wait_until(WAIT, "the refused notice counted", || {
+        gw.metric(r#"gatehouse_alert_notifications_total{receiver="ops",result="rejected"}"#) >= 1.0
+    });
+    // The receiver works again, and a good reload resolves the alert: that notice arrives.
+    hook.set(|b| b.status = 200);
+    gw.write_config(&body);
+    assert_eq!(gw.reload().status, 200);
+    wait_until(WAIT, "the resolved notice", || {
+        notices(&hook, "/hook").iter().any(|n| n["status"] == "resolved")
+    });
 }
 
 #[test]

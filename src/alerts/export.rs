@@ -51,7 +51,13 @@ fn matcher(rule: &RuleCfg) -> String {
     if routes.iter().any(|r| r == "*") {
         String::new()
     } else {
-        format!("route=~\"{}\"", routes.join("|"))
+        // Route names are TOML keys: anything may be in them. Escaped for the regex, then
+        // for PromQL's double-quoted string.
+        let alternatives: Vec<String> = routes
+            .iter()
+            .map(|r| regex::escape(r).replace('\\', "\\\\").replace('"', "\\\""))
+            .collect();
+        format!("route=~\"{}\"", alternatives.join("|"))
     }
 }
 

@@ -80,7 +80,8 @@ pub fn series_for(file: &File, route: &str) -> Option<Arc<series::RouteSeries>> 
 #[derive(Default)]
 struct Engine {
     started: Option<Instant>,
-    history: HashMap<String, series::History>,
+    bucket_len: Duration,
+    history: HashMap<(String, Vec<Duration>), series::History>,
     alerts: state::Alerts,
     outbox: notify::Outbox,
 }
@@ -88,8 +89,14 @@ struct Engine {
 impl Engine {
     async fn evaluate(&mut self, file: &File, snap: &crate::snapshot::Snapshot, cfg: &AlertsCfg) {
         let now = Instant::now();
-        let started = *self.started.get_or_insert(now);
         let bucket_len = cfg.bucket.0.max(Duration::from_millis(1));
+        if bucket_len != self.bucket_len {
+            // Bucket numbers of another length mean other times: the windows start afresh.
+            self.history.clear();
+            self.started = None;
+            self.bucket_len = bucket_len;
+        }
+        let started = *self.started.get_or_insert(now);
         let bucket = (now.duration_since(started).as_nanos() / bucket_len.as_nanos()) as u64;
         let holding = rules::conditions(&mut rules::Inputs {
             file,
@@ -123,27 +130,34 @@ impl BackgroundService for AlertsService {
         let client = reqwest::Client::new();
         let mut engine = Engine::default();
         let mut last_eval: Option<Instant> = None;
+        // The receivers of the last config that had `[alerts]`: a reload that removes the
+        // table still resolves what was firing, through them.
+        let mut receivers = std::collections::BTreeMap::new();
         loop {
             let snap = self.live.load();
             let mut tick = Duration::from_secs(1);
             if let Some(cfg) = snap.file.alerts.as_ref() {
+                receivers = cfg.receivers.clone();
                 let every = cfg.evaluation_interval.0;
                 if last_eval.is_none_or(|t| t.elapsed() >= every) {
                     last_eval = Some(Instant::now());
                     engine.evaluate(&snap.file, &snap, cfg).await;
                 }
-                if engine.outbox.pending() > 0 {
-                    engine.outbox.deliver(&client, &cfg.receivers).await;
-                }
                 tick = tick.min(every);
+            } else if !engine.alerts.list().is_empty() {
+                for a in engine.alerts.step(Instant::now(), SystemTime::now(), Vec::new()) {
+                    engine.outbox.queue(&receivers, &a, "");
+                }
+                ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            if engine.outbox.pending() > 0 {
+                engine.outbox.deliver(&client, &receivers).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.changed() => {
                     // One last try for what is queued; a receiver that is down loses it.
-                    if let Some(cfg) = snap.file.alerts.as_ref() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), engine.outbox.deliver(&client, &cfg.receivers)).await;
-                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(2), engine.outbox.deliver(&client, &receivers)).await;
                     return;
                 }
             }

@@ -15,7 +15,7 @@ pub static NOTICES: Lazy<IntCounterVec> = Lazy::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
             "gatehouse_alert_notifications_total",
-            "Alert notices by receiver and result: sent, retried (a failed attempt), expired (given up after a day).",
+            "Alert notices by receiver and result: sent, retried (a failed attempt), rejected (a 4xx, dropped), expired (given up after a day, or the receiver left the config).",
         ),
         &["receiver", "result"],
     )
@@ -116,6 +116,14 @@ impl Outbox {
     /// Tries the head of every receiver's queue that is due, all at once; returns when each
     /// has been answered or timed out.
     pub async fn deliver(&mut self, client: &reqwest::Client, receivers: &BTreeMap<String, ReceiverCfg>) {
+        // A receiver the config no longer has: its notices have nowhere to go.
+        self.queues.retain(|name, q| {
+            let keep = receivers.contains_key(name);
+            if !keep {
+                NOTICES.with_label_values(&[name, "expired"]).inc_by(q.len() as u64);
+            }
+            keep
+        });
         let now = Instant::now();
         let mut tries = Vec::new();
         for (name, q) in self.queues.iter() {
@@ -141,6 +149,17 @@ impl Outbox {
                 q.pop_front();
                 NOTICES.with_label_values(&[&name, "sent"]).inc();
                 continue;
+            }
+            // A 4xx other than timeout and throttling will not change by asking again (an
+            // archived Slack channel answers 404 forever): drop it rather than hold every
+            // later notice behind it.
+            if let Ok(s) = &result {
+                if s.is_client_error() && *s != reqwest::StatusCode::REQUEST_TIMEOUT && *s != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    q.pop_front();
+                    NOTICES.with_label_values(&[&name, "rejected"]).inc();
+                    log::error!("alerts: receiver {name} refused a notice with {s}; dropped");
+                    continue;
+                }
             }
             let why = match result {
                 Ok(s) => format!("answered {s}"),

@@ -13,7 +13,9 @@ pub struct Inputs<'a> {
     pub cfg: &'a AlertsCfg,
     pub bucket: u64,
     pub bucket_len: Duration,
-    pub history: &'a mut HashMap<String, History>,
+    /// Keyed like the counters (route and its thresholds): a reload that changes a route's
+    /// thresholds gives it new counters, and their history starts with them.
+    pub history: &'a mut HashMap<(String, Vec<Duration>), History>,
     pub reload_failure: Option<String>,
 }
 
@@ -38,14 +40,17 @@ pub async fn conditions(i: &mut Inputs<'_>) -> Vec<Condition> {
         .unwrap_or(0)
         + 1;
     let mut now_counts: HashMap<String, Counts> = HashMap::new();
+    let mut live = std::collections::HashSet::new();
     for route in i.file.routes.keys() {
         if let Some(s) = super::series_for(i.file, route) {
             let c = s.read();
-            i.history.entry(route.clone()).or_default().note(i.bucket, &c, keep);
+            let key = (route.clone(), super::thresholds(i.cfg, route));
+            i.history.entry(key.clone()).or_default().note(i.bucket, &c, keep);
+            live.insert(key);
             now_counts.insert(route.clone(), c);
         }
     }
-    i.history.retain(|r, _| now_counts.contains_key(r));
+    i.history.retain(|k, _| live.contains(k));
 
     let mut out = Vec::new();
     for (name, rule) in &i.cfg.rules {
@@ -73,8 +78,10 @@ pub async fn conditions(i: &mut Inputs<'_>) -> Vec<Condition> {
                     if !super::covers(&rule.routes(), route) {
                         continue;
                     }
-                    let Some(h) = i.history.get(route) else { continue };
                     let th = super::thresholds(i.cfg, route);
+                    let Some(h) = i.history.get(&(route.clone(), th.clone())) else {
+                        continue;
+                    };
                     if let Some((summary, description)) = burn(rule, route, &th, counts, h, i.bucket, i.bucket_len) {
                         hold(&[("route", route.clone())], summary, description);
                     }

@@ -201,6 +201,13 @@ pub(super) fn validate(f: &super::File, out: &mut Vec<(String, String)>) {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
             _ => out.push((format!("alerts.receivers.{name}.url"), "not an http:// or https:// URL".into())),
         }
+        // Deliveries are awaited by the evaluator: a long one delays the next evaluation.
+        if r.timeout.0.is_zero() || r.timeout.0 > Duration::from_secs(60) {
+            out.push((
+                format!("alerts.receivers.{name}.timeout"),
+                "must be more than 0s and at most 60s".into(),
+            ));
+        }
     }
     for (name, r) in &a.rules {
         rule(f, a, name, r, out);
@@ -241,9 +248,31 @@ fn rule(f: &super::File, a: &AlertsCfg, name: &str, r: &RuleCfg, out: &mut Vec<(
             if w.short.0.is_zero() || w.short.0 >= w.long.0 {
                 refuse(&format!("windows[{i}]"), "short must be more than 0s and shorter than long".into());
             }
+            if w.short.0 < a.bucket.0 {
+                refuse(
+                    &format!("windows[{i}].short"),
+                    format!("shorter than alerts.bucket ({})", humantime::format_duration(a.bucket.0)),
+                );
+            }
             if w.burn.is_nan() || w.burn <= 0.0 {
                 refuse(&format!("windows[{i}].burn"), "must be more than 0".into());
             }
+            // Every request failing burns at 1 / (1 - objective): a higher factor never fires.
+            if let Some(o) = r.objective.filter(|o| *o > 0.0 && *o < 1.0) {
+                let most = 1.0 / (1.0 - o);
+                if w.burn >= most {
+                    refuse(
+                        &format!("windows[{i}].burn"),
+                        format!(
+                            "{} can never be reached: with objective {o} the highest burn rate is {most:.1}",
+                            w.burn
+                        ),
+                    );
+                }
+            }
+        }
+        if r.routes.as_ref().is_some_and(|v| v.is_empty()) {
+            refuse("routes", "an empty list covers no route (\"*\" covers every one)".into());
         }
         if r.windows.as_ref().is_some_and(|w| w.is_empty()) {
             refuse("windows", "at least one pair of windows".into());
@@ -272,6 +301,14 @@ fn rule(f: &super::File, a: &AlertsCfg, name: &str, r: &RuleCfg, out: &mut Vec<(
             refuse("warn_before", "required: a duration such as \"14d\"".into());
         }
         _ => {}
+    }
+    for k in r.labels.keys() {
+        if matches!(
+            k.as_str(),
+            "alertname" | "severity" | "route" | "upstream" | "cert" | "consumer" | "plan"
+        ) {
+            refuse(&format!("labels.{k}"), "set by the gateway (it identifies the alert)".into());
+        }
     }
     for (i, name) in r.receivers.iter().flatten().enumerate() {
         if !a.receivers.contains_key(name) {

@@ -63,6 +63,8 @@ pub struct Upstream {
     pub reuse_retry: bool,
     /// The last target chosen, for the access log.
     pub target: Option<std::sync::Arc<str>>,
+    /// The current attempt was counted as failed (it may still have sent a status first).
+    pub failed: bool,
 }
 
 /// Shared so that a new context does not allocate an empty name per request.

@@ -302,6 +302,7 @@ impl ProxyHttp for Gateway {
         ctx.upstream.target = Some(cluster.targets[idx].name.clone());
         ctx.upstream.in_flight = Some(crate::upstream::InFlight::new(cluster.clone(), idx));
         ctx.upstream.started = Some(Instant::now());
+        ctx.upstream.failed = false;
         traced::attempt(session, ctx, &cluster.name);
         let mut peer = cluster.peer(idx, route.timeout);
         if ctx.unbounded_reads {

@@ -112,7 +112,8 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
 }
 
 /// The current attempt's target failed without an answer: counted against that target.
-pub fn attempt_failed(ctx: &Ctx) {
+pub fn attempt_failed(ctx: &mut Ctx) {
+    ctx.upstream.failed = true;
     if let (Some(c), Some(&i)) = (ctx.route.as_ref().and_then(|r| r.cluster.as_ref()), ctx.upstream.tried.last()) {
         if let Some(t) = c.targets.get(i) {
             t.stats.failed();
@@ -153,7 +154,9 @@ fn record_metrics(method: &'static str, status: u16, elapsed: std::time::Duratio
         if let (Some(c), Some(up)) = (route.cluster.as_ref(), ctx.upstream.elapsed) {
             c.duration.observe(up.as_secs_f64());
             let target = ctx.upstream.tried.last().and_then(|&i| c.targets.get(i));
-            if let (Some(t), Some(status)) = (target, ctx.upstream.status) {
+            // An attempt that failed after its status line (a reset mid-body) was counted as
+            // an error already.
+            if let (Some(t), Some(status), false) = (target, ctx.upstream.status, ctx.upstream.failed) {
                 t.stats.answered(status);
                 t.stats.duration.observe(up.as_secs_f64());
             }

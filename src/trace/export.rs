@@ -158,23 +158,44 @@ fn run(mut rx: mpsc::Receiver<SpanData>, exporter: opentelemetry_otlp::SpanExpor
         loop {
             let closing = fill(&mut rx, &mut batch, cfg.max_batch, cfg.flush_interval.0).await;
             if !batch.is_empty() {
-                send(&exporter, std::mem::take(&mut batch), cfg.timeout.0).await;
+                let _ = send(&exporter, std::mem::take(&mut batch), cfg.timeout.0).await;
             }
             if closing {
-                // What is still queued goes out in full batches, then the thread ends.
-                while let Ok(span) = rx.try_recv() {
-                    batch.push(span);
-                    if batch.len() == cfg.max_batch {
-                        send(&exporter, std::mem::take(&mut batch), cfg.timeout.0).await;
-                    }
-                }
-                if !batch.is_empty() {
-                    send(&exporter, std::mem::take(&mut batch), cfg.timeout.0).await;
-                }
+                drain(&mut rx, &exporter, &cfg).await;
                 return;
             }
         }
     });
+}
+
+/// What is still queued at a stop goes out in full batches, within one `timeout` in all and
+/// only while the collector answers: a stop must not wait on a dead collector batch after
+/// batch. What is left is counted as not delivered.
+async fn drain(rx: &mut mpsc::Receiver<SpanData>, exporter: &opentelemetry_otlp::SpanExporter, cfg: &TracingCfg) {
+    let deadline = Instant::now() + cfg.timeout.0;
+    let mut batch = Vec::with_capacity(cfg.max_batch);
+    let mut ok = true;
+    loop {
+        while batch.len() < cfg.max_batch {
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !ok || left.is_zero() {
+            TRACE_METRICS
+                .dropped
+                .with_label_values(&["export_failed"])
+                .inc_by(batch.len() as u64);
+            batch.clear();
+            continue;
+        }
+        ok = send(exporter, std::mem::take(&mut batch), left).await;
+    }
 }
 
 /// Waits for a full batch or the flush interval, whichever comes first. True when the
@@ -182,6 +203,10 @@ fn run(mut rx: mpsc::Receiver<SpanData>, exporter: opentelemetry_otlp::SpanExpor
 async fn fill(rx: &mut mpsc::Receiver<SpanData>, batch: &mut Vec<SpanData>, max: usize, every: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + every;
     while batch.len() < max {
+        // Listening before looking at the flag: a wake between the two is not missed.
+        let woken = WAKE.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         if CLOSING.load(Ordering::Acquire) {
             return true;
         }
@@ -191,26 +216,32 @@ async fn fill(rx: &mut mpsc::Receiver<SpanData>, batch: &mut Vec<SpanData>, max:
                 None => return true,
             },
             _ = tokio::time::sleep_until(deadline) => return false,
-            _ = WAKE.notified() => return true,
+            _ = woken => return true,
         }
     }
     false
 }
 
-async fn send(exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData>, timeout: Duration) {
+/// True when the collector took the batch.
+async fn send(exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData>, timeout: Duration) -> bool {
     let n = batch.len() as u64;
     let started = Instant::now();
     // The HTTP client has the same timeout; this one also bounds the encoding and a
     // collector that accepts the connection and never answers.
     match tokio::time::timeout(timeout + Duration::from_millis(100), exporter.export(batch)).await {
-        Ok(Ok(())) => TRACE_METRICS.exported.inc_by(n),
+        Ok(Ok(())) => {
+            TRACE_METRICS.exported.inc_by(n);
+            true
+        }
         Ok(Err(e)) => {
             TRACE_METRICS.dropped.with_label_values(&["export_failed"]).inc_by(n);
             log::warn!("tracing: export of {n} spans failed: {e}");
+            false
         }
         Err(_) => {
             TRACE_METRICS.dropped.with_label_values(&["export_failed"]).inc_by(n);
             log::warn!("tracing: export of {n} spans timed out after {:?}", started.elapsed());
+            false
         }
     }
 }
