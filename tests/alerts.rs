@@ -167,20 +167,10 @@ fn a_receiver_that_was_down_gets_the_alert_when_it_comes_back() {
     assert!(a["annotations"]["description"].as_str().unwrap().contains("nowhere"), "{a}");
 }
 
+/// The rule under test after a listener, an upstream and a route it may name.
 fn refused(text: &str, key: &str, reason: &str) {
-    let dir = common::gateway::test_dir();
-    let path = dir.join("bad.toml");
-    std::fs::write(&path, format!("[listeners.public]\naddr = \"127.0.0.1:18080\"\n[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n[routes.r]\nupstream = \"u\"\n{text}")).unwrap();
-    let out = std::process::Command::new(Gateway::bin())
-        .arg("-t")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}: {err}");
-    assert!(err.contains(&format!("{}: {key}", path.display())), "missing key {key} in {err}");
-    assert!(err.contains(reason), "missing `{reason}` in {err}");
+    let head = "[listeners.public]\naddr = \"127.0.0.1:18080\"\n[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n[routes.r]\nupstream = \"u\"\n";
+    common::gateway::refused(&format!("{head}{text}"), key, reason);
 }
 
 #[test]
@@ -359,4 +349,28 @@ upstream = "app"
         n["alerts"][0]["annotations"]["summary"].as_str().unwrap().contains("used 5 of 10"),
         "{n}"
     );
+}
+
+#[test]
+fn a_reload_that_removes_alerts_resolves_what_was_firing() {
+    let users = Upstream::start("users");
+    let hook = Upstream::start("hook");
+    let rules = "[alerts.rules.users_down]\nkind = \"upstream_down\"\nupstream = \"users\"\nfor = \"0s\"\nreceivers = [\"ops\"]\n";
+    let base = format!(
+        "[upstreams.users]\ntargets = [\"{}\"]\n[upstreams.users.health_check]\ntype = \"http\"\npath = \"/healthz\"\n\
+         interval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_after = 1\n[routes.users]\npaths = [\"/\"]\nupstream = \"users\"\n",
+        users.addr
+    );
+    let gw = Gateway::start(&format!("{base}{}", alerts_section(&hook, rules)));
+    users.kill();
+    wait_until(WAIT, "the firing notice", || {
+        notices(&hook, "/hook").iter().any(|n| n["status"] == "firing")
+    });
+    // The upstream stays down; only the rules go away.
+    gw.write_config(&base);
+    assert_eq!(gw.reload().status, 200);
+    wait_until(WAIT, "the resolved notice", || {
+        notices(&hook, "/hook").iter().any(|n| n["status"] == "resolved")
+    });
+    assert_eq!(gw.admin_get("/alerts").json()["alerts"].as_array().unwrap().len(), 0);
 }

@@ -1,7 +1,8 @@
 //! Config refusal (`gatehouse -t`) for each kind of bad input, and hot reload.
 
 mod common;
-use common::{gateway::test_dir, wait_until, Gateway, Upstream};
+use common::gateway::{check, refused};
+use common::{wait_until, Gateway, Upstream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,27 +18,6 @@ targets = ["127.0.0.1:9001"]
 paths = ["/users"]
 upstream = "users"
 "#;
-
-/// Runs `gatehouse -t` on `text`; returns (exit code, stderr).
-fn check(text: &str) -> (i32, String, String) {
-    let dir = test_dir();
-    let path = dir.join("bad.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(Gateway::bin()).arg("-t").arg("-c").arg(&path).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        path.display().to_string(),
-    )
-}
-
-fn refused(text: &str, key: &str, reason: &str) {
-    let (code, err, file) = check(text);
-    assert_eq!(code, 1, "expected refusal, got {code}: {err}");
-    let expected = format!("{file}: {key}: ");
-    assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
-    assert!(err.contains(reason), "missing reason `{reason}` in:\n{err}");
-}
 
 #[test]
 fn valid_config_passes_and_shipped_configs_pass() {

@@ -273,3 +273,30 @@ impl Gateway {
             .unwrap_or(0)
     }
 }
+
+/// Runs `gatehouse -t` on `text`; returns (exit code, stderr).
+pub fn check(text: &str) -> (i32, String, String) {
+    let dir = test_dir();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(Gateway::bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+/// `gatehouse -t` refuses `text`, naming `key` (as `FILE: key: `) and `reason`.
+pub fn refused(text: &str, key: &str, reason: &str) {
+    let (code, err, file) = check(text);
+    assert_eq!(code, 1, "expected refusal, got {code}: {err}");
+    let expected = format!("{file}: {key}: ");
+    assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    assert!(err.contains(reason), "missing reason `{reason}` in:\n{err}");
+}
