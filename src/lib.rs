@@ -11,6 +11,7 @@ pub mod config;
 pub mod listen;
 pub mod live;
 pub mod logging;
+pub mod metering;
 pub mod metrics;
 pub mod path;
 pub mod privileges;

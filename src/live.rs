@@ -134,6 +134,9 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
     if boot.cache != new.cache {
         out.push("cache".to_string());
     }
+    if boot.metering != new.metering {
+        out.push("metering".to_string());
+    }
     if boot.store != new.store {
         out.push("store".to_string());
     }

@@ -160,6 +160,8 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
     });
     server.add_service(background_service("stores", crate::state::StoreWorker { privileges }));
     server.add_service(background_service("alerts", crate::alerts::AlertsService { live: live_for_alerts }));
+    crate::metering::init(&file);
+    server.add_service(background_service("metering", crate::metering::MeteringService));
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });
@@ -167,6 +169,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
     // still in memory goes to disk before the process ends.
     crate::state::final_flush();
     crate::access_log::close_all();
+    crate::metering::close_all();
     crate::trace::close_all();
     std::process::exit(0)
 }

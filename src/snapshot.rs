@@ -51,6 +51,8 @@ pub struct Route {
     pub alerts: Option<Arc<crate::alerts::series::RouteSeries>>,
     /// This route's tracer (its sampling ratio), when `[tracing]` is on.
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    /// The route's event type and dimensions, when `[metering]` is on.
+    pub meter: Option<Arc<crate::metering::RouteMeter>>,
 }
 
 type PluginKey = (String, String);
@@ -264,6 +266,10 @@ impl Snapshot {
                 grpc_web: r.grpc_web,
                 plugins,
                 tracer: tracer_for(r.sample_ratio),
+                meter: file
+                    .metering
+                    .is_some()
+                    .then(|| Arc::new(crate::metering::RouteMeter::new(&r.metering.clone().unwrap_or_default()))),
                 alerts: crate::alerts::series_for(&file, name),
                 metrics: RouteMetrics {
                     duration: METRICS.request_duration.with_label_values(&[name]),

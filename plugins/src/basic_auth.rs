@@ -178,6 +178,7 @@ impl Plugin for BasicAuth {
         match (ok, entry) {
             (true, Some((consumer, _))) => {
                 ctx.consumer = Some(Arc::clone(&consumer));
+                ctx.credential = Some(("basic", 0));
                 if self.hide {
                     req.remove_header(&http::header::AUTHORIZATION);
                 }

@@ -104,7 +104,9 @@ pub fn parse_fingerprint(s: &str) -> Result<String, String> {
 pub struct Consumers {
     by_name: HashMap<String, Arc<Consumer>>,
     /// Each API key's tag (`key_tag`).
-    by_key: HashMap<u128, Arc<Consumer>, BuildHasherDefault<TagHasher>>,
+    /// Each API key's tag (`key_tag`), and the key's index in the consumer's list: the
+    /// credential's id in usage events (the key itself never leaves the registry).
+    by_key: HashMap<u128, (Arc<Consumer>, u32), BuildHasherDefault<TagHasher>>,
     by_username: HashMap<String, (Arc<Consumer>, String)>,
     by_subject: HashMap<String, Arc<Consumer>>,
     by_cert_subject: HashMap<String, Arc<Consumer>>,
@@ -126,7 +128,7 @@ impl Consumers {
             ..Consumer::named(name)
         });
         for (i, k) in creds.keys.iter().enumerate() {
-            if self.by_key.insert(key_tag(k.as_bytes()), c.clone()).is_some() {
+            if self.by_key.insert(key_tag(k.as_bytes()), (c.clone(), i as u32)).is_some() {
                 return Err(format!("keys[{i}]: the same key belongs to another consumer"));
             }
         }
@@ -160,7 +162,7 @@ impl Consumers {
         self.by_name.get(name)
     }
 
-    pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+    pub fn by_key(&self, key: &[u8]) -> Option<&(Arc<Consumer>, u32)> {
         self.by_key.get(&key_tag(key))
     }
 

@@ -18,6 +18,9 @@ pub struct PluginCtx {
     pub route: Arc<str>,
     pub request_id: String,
     pub consumer: Option<Arc<Consumer>>,
+    /// How the consumer proved who it is: the credential's kind and, for API keys, the
+    /// key's index in the consumer's list. An id for usage events, never the secret.
+    pub credential: Option<(&'static str, u32)>,
     pub consumers: Arc<Consumers>,
     /// Why the chain stopped, for the access log and `gatehouse_rejections_total`.
     pub rejection: Option<&'static str>,
@@ -54,6 +57,7 @@ impl PluginCtx {
             route,
             request_id,
             consumer: None,
+            credential: None,
             consumers: NO_CONSUMERS.clone(),
             rejection: None,
             auth_error: None,

@@ -86,8 +86,9 @@ impl Plugin for KeyAuth {
             },
         };
         match found {
-            Some(c) => {
+            Some((c, index)) => {
                 ctx.consumer = Some(c);
+                ctx.credential = Some(("key", index));
                 if self.hide {
                     req.remove_header(&self.header);
                     if let (true, Some(q), Some(name)) = (in_query, req.uri.query().map(str::to_string), self.query.as_deref()) {

@@ -50,7 +50,10 @@ impl Plugin for MtlsAuth {
         }
         match ctx.client_cert.clone() {
             Some(cert) if cert.verified => match ctx.consumers.by_client_cert(&cert).cloned() {
-                Some(c) => ctx.consumer = Some(c),
+                Some(c) => {
+                    ctx.consumer = Some(c);
+                    ctx.credential = Some(("cert", 0));
+                }
                 None => ctx.auth_error = Some("client certificate belongs to no consumer"),
             },
             Some(_) => ctx.auth_error = Some("client certificate not verified"),

@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz`, `/metrics`, `/status`, `POST /reload`, `POST
 //! /cache/purge`, `/usage/CONSUMER` (see `authorize` for who may call what).
 
+mod metering;
+
 use crate::live::Live;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -134,6 +136,13 @@ impl ServeHttp for Admin {
                 }
             }
             (Method::POST, "/cache/purge") => purge(session, snap.file.server.path_escaped_slash).await,
+            (Method::GET, "/analytics") => metering::overview(session.req_header()),
+            (Method::GET, p) if p.starts_with("/analytics/consumers/") => {
+                metering::consumer(session.req_header(), &p["/analytics/consumers/".len()..], &snap).await
+            }
+            (Method::GET, p) if p.starts_with("/usage/") && session.req_header().uri.query().is_some_and(|q| q.contains("period=")) => {
+                metering::usage(session.req_header(), &p["/usage/".len()..], &snap)
+            }
             (m, p) if p.starts_with("/usage/") => usage(&m, &p["/usage/".len()..]).await,
             _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
         }
@@ -177,6 +186,7 @@ impl Admin {
             "reload": self.live.status(),
             "routes": routes,
             "clusters": clusters,
+            "metering": crate::metering::status(),
             "certificates": snap.certs.certs.iter().chain(self.live.acme.cert().as_ref()).map(|c| json!({
                 "name": c.name,
                 "hosts": c.hosts,

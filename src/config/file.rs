@@ -26,6 +26,8 @@ pub struct File {
     #[serde(default)]
     pub alerts: Option<super::AlertsCfg>,
     #[serde(default)]
+    pub metering: Option<super::MeteringCfg>,
+    #[serde(default)]
     pub metrics: MetricsCfg,
     #[serde(default)]
     pub store: Option<StoreCfg>,
@@ -544,6 +546,8 @@ pub struct Route {
     /// This route's share of new traces, instead of `[tracing] sample_ratio`.
     #[serde(default)]
     pub sample_ratio: Option<f64>,
+    #[serde(default)]
+    pub metering: Option<super::RouteMeteringCfg>,
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
 }

@@ -7,6 +7,7 @@
 mod alerts;
 mod error;
 mod file;
+mod metering;
 mod observability;
 mod tls;
 mod validate;
@@ -15,6 +16,7 @@ pub mod values;
 pub use alerts::{default_windows, AlertsCfg, ReceiverCfg, ReceiverKind, RuleCfg, RuleKind, Threshold, WindowCfg};
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;
+pub use metering::{MeteringCfg, RetryCfg, RouteMeteringCfg, SinkCfg, SinkKind, LAGO_BATCH};
 pub use observability::check_ratio;
 
 use std::path::Path;

@@ -16,6 +16,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     log(f, &mut out);
     super::observability::validate(f, &mut out);
     super::alerts::validate(f, &mut out);
+    super::metering::validate(f, &mut out);
     upstreams(f, &mut out);
     store(f, &mut out);
     plans(f, &mut out);

@@ -85,6 +85,9 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
             });
         }
     }
+    if crate::metering::enabled() {
+        meter(session, ctx, status, elapsed, (bytes_in as u64, bytes_out as u64), trace_id);
+    }
     if let Some(t) = trace {
         t.finish(crate::trace::request::End {
             status,
@@ -109,6 +112,37 @@ pub fn finish(session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
             f.report(ok);
         }
     }
+}
+
+/// The request's usage event (`[metering]`), refusals included: meters decide what bills.
+fn meter(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::Duration, bytes: (u64, u64), trace_id: Option<&str>) {
+    let req = session.req_header();
+    let route = ctx.route.as_ref();
+    let meter = route.and_then(|r| r.meter.as_deref());
+    let consumer = ctx.plugin.consumer.as_ref();
+    let usage = crate::metering::Usage {
+        arrived: std::time::SystemTime::now() - elapsed,
+        source: crate::metering::source(),
+        event_type: meter.map_or(crate::metering::event::DEFAULT_TYPE, |m| m.event_type.as_str()),
+        consumer: consumer.map(|c| &*c.name),
+        plan: consumer.and_then(|c| c.plan.as_deref()),
+        credential: ctx.plugin.credential,
+        route: route.map(|r| &*r.name),
+        upstream: route.and_then(|r| r.cluster.as_ref()).map(|c| &*c.name),
+        method: req.method.as_str(),
+        status,
+        request_bytes: bytes.0,
+        response_bytes: bytes.1,
+        latency: elapsed,
+        upstream_latency: ctx.upstream.elapsed,
+        cache: ctx.cache_status,
+        rejection: ctx.plugin.rejection.or(ctx.error),
+        trace_id,
+        request_id: &ctx.plugin.request_id,
+        dimensions: meter.map(|m| (m, req)),
+    };
+    let sample = crate::metering::sample_of(route.map(|r| &r.name), consumer.map(|c| &c.name), status, elapsed, bytes);
+    crate::metering::record(&usage, sample);
 }
 
 /// The current attempt's target failed without an answer: counted against that target.

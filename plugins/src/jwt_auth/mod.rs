@@ -314,9 +314,13 @@ impl Plugin for JwtAuth {
         };
         let consumer = verified.subject.as_deref().and_then(|s| ctx.consumers.by_subject(s)).cloned();
         match (consumer, &verified.subject) {
-            (Some(c), _) => ctx.consumer = Some(c),
+            (Some(c), _) => {
+                ctx.consumer = Some(c);
+                ctx.credential = Some(("jwt", 0));
+            }
             (None, Some(sub)) if !self.require_consumer => {
-                ctx.consumer = Some(Arc::new(crate::consumers::Consumer::named(&format!("jwt:{sub}"))))
+                ctx.consumer = Some(Arc::new(crate::consumers::Consumer::named(&format!("jwt:{sub}"))));
+                ctx.credential = Some(("jwt", 0));
             }
             _ => {
                 ctx.auth_error = Some("token does not map to a consumer");

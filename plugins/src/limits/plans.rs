@@ -31,6 +31,16 @@ pub struct PlanCfg {
     pub rate_limit: Option<RateSpec>,
     #[serde(default)]
     pub quota: Option<QuotaSpec>,
+    /// Read by the core's usage preview only; a decimal kept as written (never a float).
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub per_request: String,
+    pub currency: String,
 }
 
 /// A rate in the form the limiter uses.

@@ -1,0 +1,394 @@
+//! Delivery: one thread with its own small runtime, one task per sink and a janitor. It
+//! first takes the spool's delivery lock (during an upgrade the new process waits for the
+//! old one to exit), then seals what a dead process left open and resumes every sink from
+//! its cursor.
+
+use super::sinks::{self, Failure, Sink};
+use super::spool::{self, Batch, Cursor};
+use super::METRICS;
+use crate::config::{MeteringCfg, SinkCfg};
+use once_cell::sync::Lazy;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// What `/status` shows of one sink.
+#[derive(Default)]
+struct SinkState {
+    cursor: Mutex<Cursor>,
+    delivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    lag_bytes: AtomicU64,
+    oldest_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+static SINKS: Lazy<Mutex<Vec<(String, Arc<SinkState>)>>> = Lazy::new(|| Mutex::new(Vec::new()));
+static STOP: Lazy<watch::Sender<bool>> = Lazy::new(|| watch::channel(false).0);
+static HOLDER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn stop() {
+    STOP.send_replace(true);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn run(cfg: MeteringCfg, redis: Option<String>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("metering: cannot start the delivery runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(deliver(cfg, redis));
+}
+
+struct Task {
+    name: String,
+    cfg: SinkCfg,
+    sink: Box<dyn Sink>,
+    state: Arc<SinkState>,
+}
+
+/// The usage ledger and the fleet totals read the spool like sinks, with defaults that
+/// keep them close behind the writer.
+fn internal_cfg() -> SinkCfg {
+    SinkCfg {
+        kind: crate::config::SinkKind::File,
+        url: None,
+        headers: Default::default(),
+        batch_max: Some(2000),
+        flush_interval: crate::config::values::Dur(Duration::from_millis(200)),
+        timeout: crate::config::values::Dur(Duration::from_secs(5)),
+        retry: crate::config::RetryCfg {
+            initial: crate::config::values::Dur(Duration::from_millis(200)),
+            max: crate::config::values::Dur(Duration::from_secs(30)),
+            max_elapsed: crate::config::values::Dur(Duration::from_secs(365 * 24 * 3600)),
+        },
+        api_key: None,
+        metric_code: None,
+        key: None,
+        maxlen: 1,
+        path: None,
+    }
+}
+
+async fn deliver(cfg: MeteringCfg, redis: Option<String>) {
+    let dir = PathBuf::from(&cfg.spool_dir);
+    let mut stop = STOP.subscribe();
+    // Waits for the lock: the process that holds it (the old one of an upgrade) is still
+    // delivering, and will have written its queue to the spool when it exits.
+    let _lock = loop {
+        match spool::try_deliver_lock(&dir) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(e) => log::error!("metering: {}: {e}", dir.join("deliver.lock").display()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    };
+    HOLDER.store(true, Ordering::Release);
+    match spool::recover(&dir) {
+        Ok(0) => {}
+        Ok(n) => log::warn!("metering: sealed {n} segment(s) a stopped process left open"),
+        Err(e) => log::error!("metering: recovering {}: {e}", dir.display()),
+    }
+    let mut tasks = Vec::new();
+    for (name, s) in &cfg.sinks {
+        match sinks::build(name, s) {
+            Ok(sink) => tasks.push(Task {
+                name: name.clone(),
+                cfg: s.clone(),
+                sink,
+                state: Arc::default(),
+            }),
+            Err(e) => log::error!("{e}; its events stay in the spool"),
+        }
+    }
+    tasks.push(Task {
+        name: "_usage".into(),
+        cfg: internal_cfg(),
+        sink: Box::new(super::ledger::Ledger::open(&dir)),
+        state: Arc::default(),
+    });
+    if let Some(url) = redis {
+        match super::fleet::Fleet::new(&url) {
+            Ok(f) => tasks.push(Task {
+                name: "_fleet".into(),
+                cfg: internal_cfg(),
+                sink: Box::new(f),
+                state: Arc::default(),
+            }),
+            Err(e) => log::error!("metering: fleet totals are off: {e}"),
+        }
+    }
+    *lock(&SINKS) = tasks.iter().map(|t| (t.name.clone(), t.state.clone())).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for t in tasks {
+        set.spawn(sink_loop(dir.clone(), t, STOP.subscribe()));
+    }
+    set.spawn(janitor(dir.clone(), cfg.spool_max.0, STOP.subscribe()));
+    while set.join_next().await.is_some() {}
+}
+
+fn cursor_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("cursors").join(name)
+}
+
+fn load_cursor(dir: &Path, name: &str) -> Cursor {
+    std::fs::read_to_string(cursor_path(dir, name))
+        .ok()
+        .and_then(|s| Cursor::parse(&s))
+        .unwrap_or_default()
+}
+
+/// Sleeps `d`, or returns false at once if the process is stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    !stopped && !*stop.borrow()
+}
+
+async fn sink_loop(dir: PathBuf, mut t: Task, mut stop: watch::Receiver<bool>) {
+    let mut cursor = t.sink.own_cursor().unwrap_or_else(|| load_cursor(&dir, &t.name));
+    *lock(&t.state.cursor) = cursor.clone();
+    let name = t.name.clone();
+    let labels = [name.as_str()];
+    let internal = t.name.starts_with('_');
+    let batch_max = t.cfg.batch();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = match spool::read_batch(&dir, &cursor, batch_max) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("metering sink {}: reading the spool: {e}", t.name);
+                if !pause(&mut stop, t.cfg.flush_interval.0).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if batch.end != cursor {
+                cursor = batch.end.clone();
+                *lock(&t.state.cursor) = cursor.clone();
+            }
+            if !pause(&mut stop, t.cfg.flush_interval.0).await {
+                return;
+            }
+            continue;
+        }
+        let Some(outcome) = attempt(&mut t, &batch, &mut stop).await else {
+            return;
+        };
+        let n = batch.len() as u64;
+        match outcome {
+            Ok(()) => {
+                if !internal {
+                    METRICS.delivered.with_label_values(&labels).inc_by(n);
+                }
+                t.state.delivered.fetch_add(n, Ordering::Relaxed);
+                *lock(&t.state.last_error) = None;
+            }
+            Err(why) => {
+                log::error!(
+                    "metering sink {}: {n} events refused for good, kept in the dead-letter file: {why}",
+                    t.name
+                );
+                if let Err(e) = dead_letter(&dir, &t.name, &batch) {
+                    // Not moving on: losing them silently is worse than a stuck sink.
+                    log::error!("metering sink {}: cannot write the dead-letter file: {e}", t.name);
+                    if !pause(&mut stop, t.cfg.retry.max.0).await {
+                        return;
+                    }
+                    continue;
+                }
+                METRICS.dead_lettered.with_label_values(&labels).inc_by(n);
+                t.state.dead_lettered.fetch_add(n, Ordering::Relaxed);
+                *lock(&t.state.last_error) = Some(why);
+            }
+        }
+        cursor = batch.end.clone();
+        if t.sink.own_cursor().is_none() {
+            if let Err(e) = spool::write_atomic(&cursor_path(&dir, &t.name), cursor.text().as_bytes()) {
+                log::error!("metering sink {}: cannot save its cursor: {e}", t.name);
+            }
+        }
+        *lock(&t.state.cursor) = cursor.clone();
+        if batch.len() < batch_max && !pause(&mut stop, t.cfg.flush_interval.0).await {
+            return;
+        }
+    }
+}
+
+/// Sends one batch until the sink takes it (`Ok`), refuses it for good or it is older than
+/// `retry.max_elapsed` (`Err`, for the dead-letter file). `None`: the process is stopping
+/// and the batch stays after the cursor.
+async fn attempt(t: &mut Task, batch: &Batch, stop: &mut watch::Receiver<bool>) -> Option<Result<(), String>> {
+    let started = Instant::now();
+    let mut delay = t.cfg.retry.initial.0;
+    loop {
+        let sent = tokio::select! {
+            r = tokio::time::timeout(t.cfg.timeout.0, t.sink.send(batch)) => r,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        let why = match sent {
+            Ok(Ok(())) => return Some(Ok(())),
+            Ok(Err(Failure::Permanent(why))) => return Some(Err(why)),
+            Ok(Err(Failure::Retry(why))) => why,
+            Err(_) => format!("no answer within {}", humantime::format_duration(t.cfg.timeout.0)),
+        };
+        if !t.name.starts_with('_') {
+            METRICS.failures.with_label_values(&[&t.name]).inc();
+        }
+        log::warn!("metering sink {}: delivery failed, retrying: {why}", t.name);
+        *lock(&t.state.last_error) = Some(why.clone());
+        if started.elapsed() >= t.cfg.retry.max_elapsed.0 {
+            return Some(Err(format!(
+                "still failing after {}: {why}",
+                humantime::format_duration(t.cfg.retry.max_elapsed.0)
+            )));
+        }
+        // Full jitter between half the delay and the delay: sinks that failed together do
+        // not all come back at the same instant.
+        let jittered = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+        if !pause(stop, jittered).await {
+            return None;
+        }
+        delay = (delay * 2).min(t.cfg.retry.max.0);
+    }
+}
+
+fn dead_letter(dir: &Path, name: &str, batch: &Batch) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("deadletter-{name}.jsonl")))?;
+    let mut buf = Vec::with_capacity(batch.buf.len() + batch.len());
+    for line in batch.lines() {
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+    }
+    f.write_all(&buf)?;
+    f.sync_data()
+}
+
+/// Every second: seals segments of dead writers, removes segments every cursor has passed,
+/// drops the oldest past `spool_max` (counted per sink that had not read them), and
+/// refreshes the lag figures.
+async fn janitor(dir: PathBuf, max: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = sweep(&dir, max) {
+            log::error!("metering: spool upkeep: {e}");
+        }
+        if !pause(&mut stop, Duration::from_secs(1)).await {
+            return;
+        }
+    }
+}
+
+fn sweep(dir: &Path, max: u64) -> std::io::Result<()> {
+    spool::recover(dir)?;
+    let sinks: Vec<(String, Arc<SinkState>)> = lock(&SINKS).clone();
+    let cursors: Vec<Cursor> = sinks.iter().map(|(_, s)| lock(&s.cursor).clone()).collect();
+    let mut segs = spool::list(dir)?;
+    segs.retain(|seg| {
+        let done = seg.sealed && cursors.iter().all(|c| c.passed(seg));
+        if done {
+            let _ = std::fs::remove_file(&seg.path);
+        }
+        !done
+    });
+    let mut total: u64 = segs.iter().map(|s| s.len).sum();
+    while total > max {
+        let Some(i) = segs.iter().position(|s| s.sealed) else { break };
+        let seg = segs.remove(i);
+        let text = std::fs::read(&seg.path)?;
+        for ((name, _), c) in sinks.iter().zip(&cursors) {
+            if c.passed(&seg) {
+                continue;
+            }
+            let from = if c.stem == seg.stem {
+                (c.offset as usize).min(text.len())
+            } else {
+                0
+            };
+            let lost = text[from..].iter().filter(|&&b| b == b'\n').count() as u64;
+            if !name.starts_with('_') {
+                METRICS.dropped.with_label_values(&[name, "spool_full"]).inc_by(lost);
+            }
+            log::error!(
+                "metering: spool over metering.spool_max: dropped {} with {lost} events sink {name} had not delivered",
+                seg.path.display()
+            );
+        }
+        std::fs::remove_file(&seg.path)?;
+        total -= seg.len;
+    }
+    METRICS.spool_bytes.set(total as i64);
+    for ((name, state), c) in sinks.iter().zip(&cursors) {
+        let lag: u64 = segs
+            .iter()
+            .filter(|s| !c.passed(s) && s.stem >= c.stem)
+            .map(|s| if s.stem == c.stem { s.len.saturating_sub(c.offset) } else { s.len })
+            .sum();
+        state.lag_bytes.store(lag, Ordering::Relaxed);
+        let age = if lag == 0 { 0.0 } else { oldest_age(dir, c).unwrap_or(0.0) };
+        state.oldest_ms.store((age * 1000.0) as u64, Ordering::Relaxed);
+        if !name.starts_with('_') {
+            METRICS.oldest.with_label_values(&[name]).set(age);
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the first event after the cursor arrived.
+fn oldest_age(dir: &Path, c: &Cursor) -> Option<f64> {
+    let batch = spool::read_batch(dir, c, 1).ok()?;
+    let line = batch.lines().next()?;
+    #[derive(serde::Deserialize)]
+    struct Time<'a> {
+        time: &'a str,
+    }
+    let t: Time<'_> = serde_json::from_slice(line).ok()?;
+    let at = humantime::parse_rfc3339(t.time).ok()?;
+    Some(SystemTime::now().duration_since(at).unwrap_or_default().as_secs_f64())
+}
+
+pub fn status() -> serde_json::Value {
+    let sinks: serde_json::Map<String, serde_json::Value> = lock(&SINKS)
+        .iter()
+        .map(|(name, s)| {
+            (
+                name.clone(),
+                serde_json::json!({
+                    "cursor": lock(&s.cursor).text(),
+                    "lag_bytes": s.lag_bytes.load(Ordering::Relaxed),
+                    "oldest_undelivered_seconds": s.oldest_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+                    "delivered": s.delivered.load(Ordering::Relaxed),
+                    "dead_lettered": s.dead_lettered.load(Ordering::Relaxed),
+                    "last_error": lock(&s.last_error).clone(),
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "delivering": HOLDER.load(Ordering::Acquire),
+        "spool_bytes": METRICS.spool_bytes.get(),
+        "queued_events": METRICS.events.with_label_values(&["produced"]).get()
+            .saturating_sub(METRICS.spooled.get() + METRICS.events.with_label_values(&["lost"]).get()),
+        "sinks": sinks,
+    })
+}

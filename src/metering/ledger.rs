@@ -1,0 +1,133 @@
+//! The usage ledger behind `GET /usage/NAME?period=month`: requests per consumer, month and
+//! route, read from the spool like a sink. Its counts and its position are written together
+//! to `usage.json` (atomically), so a crash neither loses nor double-counts an event that
+//! reached the spool. A preview for operators: the billing system stays the source of truth.
+
+use super::sinks::{Failure, Sink};
+use super::spool::{write_atomic, Batch, Cursor};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Months kept: this one and the twelve before it.
+const MONTHS: usize = 13;
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteUsage {
+    pub requests: u64,
+    /// Neither refused by the gateway nor failed (status below 500).
+    pub billable: u64,
+}
+
+/// month (`2026-12`) -> consumer -> route -> counts.
+pub type Months = BTreeMap<String, BTreeMap<String, BTreeMap<String, RouteUsage>>>;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    cursor: String,
+    months: Months,
+}
+
+static LEDGER: Mutex<Option<Months>> = Mutex::new(None);
+
+fn path(spool: &Path) -> PathBuf {
+    spool.join("usage.json")
+}
+
+fn load(spool: &Path) -> Saved {
+    match std::fs::read(path(spool)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::error!(
+                "metering: {} is unreadable ({e}); the usage preview starts again from the spool",
+                path(spool).display()
+            );
+            Saved::default()
+        }),
+        Err(_) => Saved::default(),
+    }
+}
+
+pub struct Ledger {
+    spool: PathBuf,
+    cursor: Cursor,
+}
+
+impl Ledger {
+    pub fn open(spool: &Path) -> Ledger {
+        let saved = load(spool);
+        *LEDGER.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved.months);
+        Ledger {
+            spool: spool.to_path_buf(),
+            cursor: Cursor::parse(&saved.cursor).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    time: &'a str,
+    data: LineData<'a>,
+}
+
+#[derive(Deserialize)]
+struct LineData<'a> {
+    #[serde(borrow)]
+    consumer: Option<&'a str>,
+    #[serde(borrow)]
+    route: Option<&'a str>,
+    status: u16,
+    #[serde(borrow)]
+    rejection: Option<&'a str>,
+}
+
+#[async_trait]
+impl Sink for Ledger {
+    async fn send(&mut self, batch: &Batch) -> Result<(), Failure> {
+        let mut guard = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
+        let mut months = guard.clone().unwrap_or_default();
+        for line in batch.lines() {
+            let Ok(l) = serde_json::from_slice::<Line<'_>>(line) else {
+                continue;
+            };
+            let Some(month) = l.time.get(..7) else { continue };
+            let r = months
+                .entry(month.to_string())
+                .or_default()
+                .entry(l.data.consumer.unwrap_or("anonymous").to_string())
+                .or_default()
+                .entry(l.data.route.unwrap_or("_none").to_string())
+                .or_default();
+            r.requests += 1;
+            r.billable += u64::from(l.data.rejection.is_none() && (100..500).contains(&l.data.status));
+        }
+        while months.len() > MONTHS {
+            months.pop_first();
+        }
+        let saved = Saved {
+            cursor: batch.end.text(),
+            months,
+        };
+        let bytes = serde_json::to_vec(&saved).map_err(|e| Failure::Retry(e.to_string()))?;
+        write_atomic(&path(&self.spool), &bytes).map_err(|e| Failure::Retry(format!("usage.json: {e}")))?;
+        *guard = Some(saved.months);
+        self.cursor = batch.end.clone();
+        Ok(())
+    }
+
+    fn own_cursor(&self) -> Option<Cursor> {
+        Some(self.cursor.clone())
+    }
+}
+
+/// One consumer's routes in `month`, from memory when this process keeps the ledger, else
+/// from the file (a process that has not taken over delivery yet, during an upgrade).
+pub fn usage(spool: &Path, month: &str, consumer: &str) -> BTreeMap<String, RouteUsage> {
+    let pick = |m: &Months| m.get(month).and_then(|c| c.get(consumer)).cloned().unwrap_or_default();
+    if let Some(m) = LEDGER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return pick(m);
+    }
+    pick(&load(spool).months)
+}
