@@ -33,6 +33,18 @@ fn valid_config_passes_and_shipped_configs_pass() {
     for f in files.iter_mut().filter(|f| f.ends_with("/tls.toml")) {
         *f = tls_example.display().to_string();
     }
+    // The metering example's spool and archive live under /var: moved to a test directory
+    // (`-t` creates the spool directory to prove it writable).
+    for f in files.iter_mut().filter(|f| f.ends_with("/metering.toml")) {
+        let dir = common::gateway::test_dir();
+        let text = std::fs::read_to_string(&*f)
+            .unwrap()
+            .replace("/var/lib/gatehouse/", &format!("{}/", dir.display()))
+            .replace("/var/log/gatehouse/", &format!("{}/", dir.display()));
+        let path = dir.join("metering.toml");
+        std::fs::write(&path, text).unwrap();
+        *f = path.display().to_string();
+    }
     for f in files.iter().filter(|f| f.ends_with(".toml")) {
         let out = Command::new(Gateway::bin())
             .arg("-t")
@@ -41,6 +53,8 @@ fn valid_config_passes_and_shipped_configs_pass() {
             .env("GATEHOUSE_ADMIN_TOKEN", "x")
             .env("ACME_KEY", "x")
             .env("OTLP_TOKEN", "x")
+            .env("OPENMETER_TOKEN", "x")
+            .env("LAGO_API_KEY", "x")
             .env("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
             .output()
             .unwrap();

@@ -95,6 +95,11 @@ key = "file:{key}"
 [tracing]
 endpoint = "{otlp}"
 flush_interval = "50ms"
+[metering]
+spool_dir = "{dir}/metering"
+[metering.sinks.archive]
+type = "file"
+path = "{dir}/usage.jsonl"
 [consumers.acme]
 keys = ["acme-key-1"]
 [upstreams.u]
@@ -112,7 +117,8 @@ default_ttl = "1m"
         cert = leaf.cert.display(),
         key = leaf.key.display(),
         otlp = c.endpoint(),
-        up = up.addr
+        up = up.addr,
+        dir = dir.display()
     ));
     assert_eq!(request(&gw.addr, "GET", "/api/x", &[("x-api-key", "acme-key-1")], None).status, 200);
     assert_eq!(gw.get("/api/x").status, 401);

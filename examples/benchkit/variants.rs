@@ -52,6 +52,15 @@ pub fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, varian
                 super::otlp_sink::port()
             ));
         }
+        // Metering to a file sink and an HTTP sink (the live receiver that answers 200 to
+        // every POST, the tracing rows' too).
+        "GM" => {
+            extra.push_str(&format!(
+                "[metering]\nspool_dir = \"{dir}/metering-GM\"\n[metering.sinks.archive]\ntype = \"file\"\npath = \"{dir}/usage-GM-%Y%m%d.jsonl\"\n[metering.sinks.http]\ntype = \"http\"\nurl = \"http://127.0.0.1:{port}/api/v1/events\"\n",
+                dir = dir.display(),
+                port = super::otlp_sink::port()
+            ));
+        }
         "GC" => {
             plugins.push_str("[routes.bench.plugins.cache]\ndefault_ttl = \"1h\"\n");
             extra.push_str("[cache]\nmemory = \"64MiB\"\n");
@@ -123,6 +132,7 @@ pub fn describe(name: &str) -> &'static str {
         "GC" => "G1 + cache, every request a hit",
         "G1T" => "G1 + tracing, every request sampled, to a live OTLP receiver",
         "G1T01" => "G1T at sample_ratio 0.01",
+        "GM" => "G1 + usage metering to a file sink and a live HTTP sink",
         _ => "",
     }
 }

@@ -90,7 +90,14 @@ pub fn usage(req: &pingora_http::RequestHeader, consumer: &str, snap: &Snapshot)
         .and_then(|p| p.price.clone())
         .and_then(|p| Decimal::from_str(&p.per_request).ok().map(|d| (d, p)));
     let (requests, billable) = routes.values().fold((0, 0), |(r, b), u| (r + u.requests, b + u.billable));
-    let amount = |n: u64| price.as_ref().map(|(unit, _)| (*unit * Decimal::from(n)).to_string());
+    // In the price's scale, zero included (`0.0000`, not `0`): amounts line up in a column.
+    let amount = |n: u64| {
+        price.as_ref().map(|(unit, _)| {
+            let mut a = *unit * Decimal::from(n);
+            a.rescale(unit.scale().max(a.scale()));
+            a.to_string()
+        })
+    };
     let csv = req
         .headers
         .get(http::header::ACCEPT)

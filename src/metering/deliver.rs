@@ -25,8 +25,50 @@ struct SinkState {
     last_error: Mutex<Option<String>>,
 }
 
-static SINKS: Lazy<Mutex<Vec<(String, Arc<SinkState>)>>> = Lazy::new(|| Mutex::new(Vec::new()));
+type Named = Vec<(String, Arc<SinkState>)>;
+
+static SINKS: Mutex<Named> = Mutex::new(Vec::new());
 static STOP: Lazy<watch::Sender<bool>> = Lazy::new(|| watch::channel(false).0);
+/// Segments the janitor dropped (spool full) that some sink had not passed yet. A sink
+/// counts its loss when its next read finds the gap: only then is it known which of those
+/// events it had sent already (a batch in flight when the segment went).
+struct Dropped {
+    stem: String,
+    line_ends: Vec<u64>,
+    pending: Vec<String>,
+}
+
+static DROPPED: Mutex<Vec<Dropped>> = Mutex::new(Vec::new());
+
+/// After a read from `from`: counts the events of dropped segments the read skipped, and
+/// moves an end stuck at a dropped segment past it.
+fn settle_drops(name: &str, from: &Cursor, batch: &mut Batch) {
+    let mut dropped = lock(&DROPPED);
+    for d in dropped.iter_mut() {
+        let Some(i) = d.pending.iter().position(|p| p == name) else {
+            continue;
+        };
+        let lost = if d.stem < from.stem {
+            // Passed by a batch that was in flight when the segment went: delivered.
+            0
+        } else if d.stem == from.stem {
+            if batch.end == *from {
+                batch.end.offset = u64::MAX;
+            }
+            d.line_ends.iter().filter(|&&e| e > from.offset).count() as u64
+        } else if d.stem < batch.end.stem {
+            d.line_ends.len() as u64
+        } else {
+            continue;
+        };
+        d.pending.swap_remove(i);
+        if lost > 0 && !name.starts_with('_') {
+            METRICS.dropped.with_label_values(&[name, "spool_full"]).inc_by(lost);
+        }
+    }
+    dropped.retain(|d| !d.pending.is_empty());
+}
+
 static HOLDER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub fn stop() {
@@ -169,8 +211,11 @@ async fn sink_loop(dir: PathBuf, mut t: Task, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let batch = match spool::read_batch(&dir, &cursor, batch_max) {
-            Ok(b) => b,
+        let mut batch = match spool::read_batch(&dir, &cursor, batch_max) {
+            Ok(mut b) => {
+                settle_drops(&t.name, &cursor, &mut b);
+                b
+            }
             Err(e) => {
                 log::error!("metering sink {}: reading the spool: {e}", t.name);
                 if !pause(&mut stop, t.cfg.flush_interval.0).await {
@@ -189,7 +234,7 @@ async fn sink_loop(dir: PathBuf, mut t: Task, mut stop: watch::Receiver<bool>) {
             }
             continue;
         }
-        let Some(outcome) = attempt(&mut t, &batch, &mut stop).await else {
+        let Some(outcome) = attempt(&mut t, &dir, &cursor, &mut batch, &mut stop).await else {
             return;
         };
         let n = batch.len() as u64;
@@ -235,12 +280,26 @@ async fn sink_loop(dir: PathBuf, mut t: Task, mut stop: watch::Receiver<bool>) {
 /// Sends one batch until the sink takes it (`Ok`), refuses it for good or it is older than
 /// `retry.max_elapsed` (`Err`, for the dead-letter file). `None`: the process is stopping
 /// and the batch stays after the cursor.
-async fn attempt(t: &mut Task, batch: &Batch, stop: &mut watch::Receiver<bool>) -> Option<Result<(), String>> {
+///
+/// Each retry reads the batch again from the cursor: the same events, unless the spool
+/// dropped their segment meanwhile (full), in which case they are counted as dropped and
+/// must not be sent as well.
+async fn attempt(
+    t: &mut Task,
+    dir: &Path,
+    cursor: &Cursor,
+    batch: &mut Batch,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<(), String>> {
     let started = Instant::now();
     let mut delay = t.cfg.retry.initial.0;
+    let batch_max = t.cfg.batch();
     loop {
+        if batch.is_empty() {
+            return Some(Ok(()));
+        }
         let sent = tokio::select! {
-            r = tokio::time::timeout(t.cfg.timeout.0, t.sink.send(batch)) => r,
+            r = tokio::time::timeout(t.cfg.timeout.0, t.sink.send(&*batch)) => r,
             _ = stop.wait_for(|s| *s) => return None,
         };
         let why = match sent {
@@ -267,6 +326,13 @@ async fn attempt(t: &mut Task, batch: &Batch, stop: &mut watch::Receiver<bool>) 
             return None;
         }
         delay = (delay * 2).min(t.cfg.retry.max.0);
+        match spool::read_batch(dir, cursor, batch_max) {
+            Ok(mut b) => {
+                settle_drops(&t.name, cursor, &mut b);
+                *batch = b;
+            }
+            Err(e) => log::error!("metering sink {}: reading the spool again: {e}", t.name),
+        }
     }
 }
 
@@ -293,15 +359,17 @@ async fn janitor(dir: PathBuf, max: u64, mut stop: watch::Receiver<bool>) {
         if let Err(e) = sweep(&dir, max) {
             log::error!("metering: spool upkeep: {e}");
         }
-        if !pause(&mut stop, Duration::from_secs(1)).await {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = spool::SEALED.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
 
 fn sweep(dir: &Path, max: u64) -> std::io::Result<()> {
     spool::recover(dir)?;
-    let sinks: Vec<(String, Arc<SinkState>)> = lock(&SINKS).clone();
+    let sinks: Named = lock(&SINKS).clone();
     let cursors: Vec<Cursor> = sinks.iter().map(|(_, s)| lock(&s.cursor).clone()).collect();
     let mut segs = spool::list(dir)?;
     segs.retain(|seg| {
@@ -316,24 +384,29 @@ fn sweep(dir: &Path, max: u64) -> std::io::Result<()> {
         let Some(i) = segs.iter().position(|s| s.sealed) else { break };
         let seg = segs.remove(i);
         let text = std::fs::read(&seg.path)?;
-        for ((name, _), c) in sinks.iter().zip(&cursors) {
-            if c.passed(&seg) {
-                continue;
-            }
-            let from = if c.stem == seg.stem {
-                (c.offset as usize).min(text.len())
-            } else {
-                0
-            };
-            let lost = text[from..].iter().filter(|&&b| b == b'\n').count() as u64;
-            if !name.starts_with('_') {
-                METRICS.dropped.with_label_values(&[name, "spool_full"]).inc_by(lost);
-            }
-            log::error!(
-                "metering: spool over metering.spool_max: dropped {} with {lost} events sink {name} had not delivered",
-                seg.path.display()
-            );
-        }
+        let pending: Vec<String> = sinks
+            .iter()
+            .zip(&cursors)
+            .filter(|(_, c)| !c.passed(&seg))
+            .map(|((name, _), _)| name.clone())
+            .collect();
+        let ends: Vec<u64> = text
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(i, _)| i as u64 + 1)
+            .collect();
+        log::error!(
+            "metering: spool over metering.spool_max: dropped {} ({} events) before sink(s) {} had all of it",
+            seg.path.display(),
+            ends.len(),
+            pending.join(", ")
+        );
+        lock(&DROPPED).push(Dropped {
+            stem: seg.stem.clone(),
+            line_ends: ends,
+            pending,
+        });
         std::fs::remove_file(&seg.path)?;
         total -= seg.len;
     }

@@ -51,6 +51,10 @@ static THREADS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new())
 
 pub struct Metrics {
     pub events: IntCounterVec,
+    /// `events{result="produced"}` and `{result="dropped"}`, resolved once: the request
+    /// path does no label lookup.
+    pub produced: IntCounter,
+    pub queue_full: IntCounter,
     pub spooled: IntCounter,
     pub delivered: IntCounterVec,
     pub dead_lettered: IntCounterVec,
@@ -82,12 +86,15 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
     )
     .expect("static metric definition");
     let _ = r.register(Box::new(oldest.clone()));
+    let events = counter(
+        "gatehouse_metering_events_total",
+        "Usage events of finished requests: produced (queued for the spool), dropped (queue full), lost (the spool write failed)",
+        &["result"],
+    );
     let m = Metrics {
-        events: counter(
-            "gatehouse_metering_events_total",
-            "Usage events of finished requests: produced (queued for the spool), dropped (queue full), lost (the spool write failed)",
-            &["result"],
-        ),
+        produced: events.with_label_values(&["produced"]),
+        queue_full: events.with_label_values(&["dropped"]),
+        events,
         spooled,
         delivered: counter("gatehouse_metering_delivered_total", "Usage events a sink acknowledged", &["sink"]),
         dead_lettered: counter(
@@ -229,6 +236,9 @@ fn write_loop(rx: Receiver<Item>, mut writer: spool::Writer) {
                 }
             }
         }
+        if let Err(e) = writer.rotate_if_asked() {
+            log::error!("metering: cannot seal the open segment: {e}");
+        }
         if !samples.is_empty() {
             analytics::add(&samples);
             samples.clear();
@@ -277,6 +287,7 @@ pub fn sample_of(
     status: u16,
     latency: Duration,
     bytes: (u64, u64),
+    at: std::time::SystemTime,
 ) -> analytics::Sample {
     analytics::Sample {
         route: route.cloned(),
@@ -285,6 +296,6 @@ pub fn sample_of(
         latency_us: latency.as_micros().min(u32::MAX as u128) as u32,
         bytes_in: bytes.0,
         bytes_out: bytes.1,
-        at: std::time::SystemTime::now(),
+        at,
     }
 }

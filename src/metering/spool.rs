@@ -15,6 +15,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// sinks of this process may read of it.
 pub static ACTIVE: Mutex<Option<(String, u64)>> = Mutex::new(None);
 
+/// Set when a segment newer than this process's open one exists (the other process of an
+/// upgrade opened it): a single cursor cannot read past an open segment, so the writer
+/// seals its own and continues in one that sorts after every other.
+pub static ROTATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Signalled on every seal: the spool just grew by a whole segment, so the janitor checks
+/// `spool_max` now rather than at its next tick.
+pub static SEALED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 pub fn active() -> Option<(String, u64)> {
     ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
@@ -208,7 +217,13 @@ pub fn read_batch(spool: &Path, from: &Cursor, max_lines: usize) -> io::Result<B
         end: from.clone(),
         ..Batch::default()
     };
-    for seg in list(spool)? {
+    let segs = list(spool)?;
+    if let (Some((own, _)), Some(last)) = (&active, segs.last()) {
+        if last.stem > *own {
+            ROTATE.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+    for seg in segs {
         if seg.stem < batch.end.stem {
             continue;
         }
@@ -278,7 +293,27 @@ impl Writer {
     /// Appends whole lines and makes them durable (fdatasync) before they count as
     /// spooled. On a failed write the segment is cut back to where it was, so a torn line
     /// never sits between whole ones.
-    pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+    /// A segment is cut at the last whole line that fits in `segment_size` (a single longer
+    /// line gets a segment to itself), so the spool's size is bounded in whole segments.
+    pub fn append(&mut self, mut lines: &[u8]) -> io::Result<()> {
+        while !lines.is_empty() {
+            let room = self.segment_size.saturating_sub(self.open.as_ref().map_or(0, |o| o.2)) as usize;
+            let cut = match lines[..room.min(lines.len())].iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                // Not one whole line fits: a fresh segment takes the next line, whatever its size.
+                None if self.open.as_ref().is_some_and(|o| o.2 > 0) => {
+                    self.seal()?;
+                    continue;
+                }
+                None => lines.iter().position(|&b| b == b'\n').map_or(lines.len(), |i| i + 1),
+            };
+            self.append_part(&lines[..cut])?;
+            lines = &lines[cut..];
+        }
+        Ok(())
+    }
+
+    fn append_part(&mut self, lines: &[u8]) -> io::Result<()> {
         if self.open.is_none() {
             self.open = Some(self.create()?);
         }
@@ -297,17 +332,35 @@ impl Writer {
         Ok(())
     }
 
+    /// Seals the open segment if a newer one appeared (see [`ROTATE`]).
+    pub fn rotate_if_asked(&mut self) -> io::Result<()> {
+        if ROTATE.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
     fn create(&mut self) -> io::Result<(File, String, u64)> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
-        self.last_stem = now.max(self.last_stem + 1);
+        // After every segment there is, whoever wrote it: segments are read in name order.
+        let newest = list(&self.spool)?
+            .last()
+            .and_then(|s| s.stem.split('-').next().and_then(|t| t.parse::<u128>().ok()))
+            .unwrap_or(0);
+        self.last_stem = now.max(self.last_stem + 1).max(newest + 1);
         let stem = format!("{:020}-{:010}", self.last_stem, std::process::id());
-        let path = segments_dir(&self.spool).join(format!("{stem}.open"));
-        let f = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        // Locked under a name no one lists, then renamed: an `.open` file is never visible
+        // unlocked, where a janitor would take it for a dead process's and seal it.
+        let dir = segments_dir(&self.spool);
+        let fresh = dir.join(format!("{stem}.new"));
+        let f = OpenOptions::new().create_new(true).append(true).open(&fresh)?;
         if !flock(&f, true) {
-            return Err(io::Error::other(format!("cannot lock {}", path.display())));
+            let _ = fs::remove_file(&fresh);
+            return Err(io::Error::other(format!("cannot lock {}", fresh.display())));
         }
-        sync_dir(&segments_dir(&self.spool));
         set_active(Some((stem.clone(), 0)));
+        fs::rename(&fresh, dir.join(format!("{stem}.open")))?;
+        sync_dir(&dir);
         Ok((f, stem, 0))
     }
 
@@ -319,6 +372,7 @@ impl Writer {
         fs::rename(dir.join(format!("{stem}.open")), dir.join(format!("{stem}.jsonl")))?;
         sync_dir(&dir);
         set_active(None);
+        SEALED.notify_one();
         Ok(())
     }
 }

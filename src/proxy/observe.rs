@@ -120,8 +120,9 @@ fn meter(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::Duration
     let route = ctx.route.as_ref();
     let meter = route.and_then(|r| r.meter.as_deref());
     let consumer = ctx.plugin.consumer.as_ref();
+    let now = std::time::SystemTime::now();
     let usage = crate::metering::Usage {
-        arrived: std::time::SystemTime::now() - elapsed,
+        arrived: now - elapsed,
         source: crate::metering::source(),
         event_type: meter.map_or(crate::metering::event::DEFAULT_TYPE, |m| m.event_type.as_str()),
         consumer: consumer.map(|c| &*c.name),
@@ -141,7 +142,7 @@ fn meter(session: &Session, ctx: &Ctx, status: u16, elapsed: std::time::Duration
         request_id: &ctx.plugin.request_id,
         dimensions: meter.map(|m| (m, req)),
     };
-    let sample = crate::metering::sample_of(route.map(|r| &r.name), consumer.map(|c| &c.name), status, elapsed, bytes);
+    let sample = crate::metering::sample_of(route.map(|r| &r.name), consumer.map(|c| &c.name), status, elapsed, bytes, now);
     crate::metering::record(&usage, sample);
 }
 

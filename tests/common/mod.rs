@@ -7,6 +7,7 @@ pub mod client;
 pub mod gateway;
 pub mod grpc;
 pub mod load;
+pub mod meter;
 pub mod otlp;
 pub mod redis;
 pub mod tls;
