@@ -358,4 +358,25 @@ url = "http://127.0.0.1:9/events"
         "required",
     );
     refused(&other("type = \"file\""), "metering.sinks.other.path", "required");
+    // What the clients could not use at run time is refused at load.
+    refused(
+        &other("type = \"redis_stream\"\nurl = \"rediss://127.0.0.1:9/0\"\nkey = \"k\""),
+        "metering.sinks.other.url",
+        "TLS",
+    );
+    refused(
+        &other("type = \"redis_stream\"\nurl = \"redis://127.0.0.1:9/abc\"\nkey = \"k\""),
+        "metering.sinks.other.url",
+        "redis://",
+    );
+    refused(
+        &base.replace("header:x-tier", "headr:x-tier"),
+        "routes.users.metering.dimensions.tier",
+        "unknown source",
+    );
+    refused(
+        &base.replace("\"0.0004\"", "\"99999999999\""),
+        "plans.gold.price.per_request",
+        "at most",
+    );
 }

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use std::str::FromStr;
 
-fn query<'a>(req: &'a pingora_http::RequestHeader, name: &str) -> Option<&'a str> {
+pub fn query<'a>(req: &'a pingora_http::RequestHeader, name: &str) -> Option<&'a str> {
     req.uri
         .query()?
         .split('&')
@@ -54,10 +54,19 @@ pub fn overview(req: &pingora_http::RequestHeader) -> Response<Vec<u8>> {
     json_reply(StatusCode::OK, analytics::overview(minutes, top))
 }
 
-pub async fn consumer(req: &pingora_http::RequestHeader, name: &str, snap: &Snapshot) -> Response<Vec<u8>> {
+/// A consumer name from the path, percent-decoded (names may hold spaces or UTF-8).
+fn name(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+pub async fn consumer(req: &pingora_http::RequestHeader, raw: &str, snap: &Snapshot) -> Response<Vec<u8>> {
     if !crate::metering::enabled() {
         return off();
     }
+    let Some(name) = name(raw) else {
+        return bad("the consumer name is not UTF-8".into());
+    };
+    let name = name.as_str();
     let minutes = match window(req, "24h") {
         Ok(m) => m,
         Err(e) => return bad(e),
@@ -74,8 +83,12 @@ pub async fn consumer(req: &pingora_http::RequestHeader, name: &str, snap: &Snap
 
 /// The preview: this month's (or `period=YYYY-MM`'s) requests per route and, with a plan
 /// price, the amount in exact decimal arithmetic.
-pub fn usage(req: &pingora_http::RequestHeader, consumer: &str, snap: &Snapshot) -> Response<Vec<u8>> {
+pub fn usage(req: &pingora_http::RequestHeader, raw: &str, snap: &Snapshot) -> Response<Vec<u8>> {
     let Some(spool) = crate::metering::spool_dir() else { return off() };
+    let Some(consumer) = name(raw) else {
+        return bad("the consumer name is not UTF-8".into());
+    };
+    let consumer = consumer.as_str();
     let period = query(req, "period").unwrap_or("month");
     let month = match period {
         "month" => chrono::Utc::now().format("%Y-%m").to_string(),
@@ -92,10 +105,12 @@ pub fn usage(req: &pingora_http::RequestHeader, consumer: &str, snap: &Snapshot)
     let (requests, billable) = routes.values().fold((0, 0), |(r, b), u| (r + u.requests, b + u.billable));
     // In the price's scale, zero included (`0.0000`, not `0`): amounts line up in a column.
     let amount = |n: u64| {
-        price.as_ref().map(|(unit, _)| {
-            let mut a = *unit * Decimal::from(n);
-            a.rescale(unit.scale().max(a.scale()));
-            a.to_string()
+        price.as_ref().map(|(unit, _)| match unit.checked_mul(Decimal::from(n)) {
+            Some(mut a) => {
+                a.rescale(unit.scale().max(a.scale()));
+                a.to_string()
+            }
+            None => "overflow".to_string(),
         })
     };
     let csv = req
@@ -142,11 +157,17 @@ pub fn usage(req: &pingora_http::RequestHeader, consumer: &str, snap: &Snapshot)
     )
 }
 
-/// Route names are free text: quoted when they hold a separator or a quote.
+/// Route names are free text: quoted when they hold a separator or a quote, and never
+/// read as a formula by a spreadsheet (a leading `=`, `+`, `-` or `@` gets a `'`).
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }

@@ -140,7 +140,7 @@ impl ServeHttp for Admin {
             (Method::GET, p) if p.starts_with("/analytics/consumers/") => {
                 metering::consumer(session.req_header(), &p["/analytics/consumers/".len()..], &snap).await
             }
-            (Method::GET, p) if p.starts_with("/usage/") && session.req_header().uri.query().is_some_and(|q| q.contains("period=")) => {
+            (Method::GET, p) if p.starts_with("/usage/") && metering::query(session.req_header(), "period").is_some() => {
                 metering::usage(session.req_header(), &p["/usage/".len()..], &snap)
             }
             (m, p) if p.starts_with("/usage/") => usage(&m, &p["/usage/".len()..]).await,

@@ -152,6 +152,10 @@ pub(super) fn validate(f: &super::File, out: &mut Findings) {
             let key = format!("plans.{name}.price");
             match price.per_request.parse::<rust_decimal::Decimal>() {
                 Ok(d) if d.is_sign_negative() => out.push((format!("{key}.per_request"), "must not be negative".into())),
+                // Room for a month of any traffic: the preview multiplies in 96 bits.
+                Ok(d) if d > rust_decimal::Decimal::from(1_000_000) => {
+                    out.push((format!("{key}.per_request"), "must be at most 1000000".into()))
+                }
                 Ok(_) => {}
                 Err(e) => out.push((
                     format!("{key}.per_request"),
@@ -179,6 +183,17 @@ pub(super) fn validate(f: &super::File, out: &mut Findings) {
                 }
             } else if src.strip_prefix("query:").is_some_and(str::is_empty) {
                 out.push((key, "query: needs a parameter name".into()));
+            } else if let Some((prefix, _)) = src
+                .split_once(':')
+                .filter(|(p, _)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_'))
+            {
+                // `headr:x-tier` would otherwise be a literal: a typo must not look set.
+                if prefix != "query" {
+                    out.push((
+                        key,
+                        format!("unknown source `{prefix}:` (header:NAME, query:NAME, or a literal without `word:`)"),
+                    ));
+                }
             }
         }
     }
@@ -193,8 +208,9 @@ pub(super) fn validate(f: &super::File, out: &mut Findings) {
             "must hold at least two segments (metering.segment_size)".into(),
         ));
     }
-    if m.queue == 0 || m.queue > 10_000_000 {
-        out.push(("metering.queue".into(), "must be between 1 and 10000000".into()));
+    // The channel's slots are allocated up front.
+    if m.queue == 0 || m.queue > 1_000_000 {
+        out.push(("metering.queue".into(), "must be between 1 and 1000000".into()));
     }
     if m.source.as_deref().is_some_and(str::is_empty) {
         out.push(("metering.source".into(), "must not be empty".into()));
@@ -237,17 +253,16 @@ fn sink(name: &str, s: &SinkCfg, out: &mut Findings) {
     match (&s.url, needs_url) {
         (None, true) => refuse("url", format!("required for type {kind}")),
         (Some(_), false) => refuse("url", format!("not a setting of type {kind}")),
-        (Some(u), true) => {
-            let schemes: &[&str] = if s.kind == SinkKind::RedisStream {
-                &["redis", "rediss"]
-            } else {
-                &["http", "https"]
-            };
-            match u.value.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str().is_some_and(|sc| schemes.contains(&sc)) && uri.host().is_some() => {}
-                _ => refuse("url", format!("not a {}:// URL", schemes[0])),
-            }
-        }
+        // Parsed by the client that will use it, so what passes here also connects there.
+        (Some(u), true) if s.kind == SinkKind::RedisStream => match redis::Client::open(u.value.as_str()) {
+            Ok(_) if u.value.starts_with("redis://") => {}
+            Ok(_) => refuse("url", "only redis:// URLs (TLS to Redis is not built in)".into()),
+            Err(e) => refuse("url", format!("not a redis:// URL: {e}")),
+        },
+        (Some(u), true) => match reqwest::Url::parse(&u.value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => refuse("url", "not an http:// or https:// URL".into()),
+        },
         (None, false) => {}
     }
     let only = |key: &str, set: bool, allowed: bool| (set && !allowed).then(|| key.to_string());
@@ -260,6 +275,12 @@ fn sink(name: &str, s: &SinkCfg, out: &mut Findings) {
     ];
     for key in misplaced.into_iter().flatten() {
         refuse(&key, format!("not a setting of type {kind}"));
+    }
+    if s.api_key
+        .as_ref()
+        .is_some_and(|k| http::HeaderValue::from_str(&format!("Bearer {}", k.value)).is_err())
+    {
+        refuse("api_key", "cannot be sent in a header".into());
     }
     for (h, v) in &s.headers {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() || http::HeaderValue::from_str(&v.value).is_err() {
@@ -297,8 +318,8 @@ fn sink(name: &str, s: &SinkCfg, out: &mut Findings) {
     if s.maxlen == 0 {
         refuse("maxlen", "must be at least 1".into());
     }
-    if s.flush_interval.0.is_zero() {
-        refuse("flush_interval", "must be more than 0s".into());
+    if s.flush_interval.0 < Duration::from_millis(10) {
+        refuse("flush_interval", "must be at least 10ms".into());
     }
     if s.timeout.0.is_zero() || s.timeout.0 > Duration::from_secs(300) {
         refuse("timeout", "must be more than 0s and at most 300s".into());

@@ -162,8 +162,13 @@ fn capped<'a, V: Default>(map: &'a mut HashMap<Arc<str>, V>, key: &Arc<str>) -> 
     map.entry(key.clone()).or_default()
 }
 
-pub fn add(samples: &[Sample]) {
-    let mut store = STORE.lock().unwrap_or_else(|p| p.into_inner());
+/// Adds the samples unless a query holds the aggregates right now (false: try again later).
+pub fn try_add(samples: &[Sample]) -> bool {
+    let mut store = match STORE.try_lock() {
+        Ok(s) => s,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return false,
+    };
     for s in samples {
         let at = minute_of(s.at);
         if store.back().is_none_or(|m| m.at < at) {
@@ -190,6 +195,7 @@ pub fn add(samples: &[Sample]) {
     while store.front().is_some_and(|m| m.at + MINUTES <= newest) {
         store.pop_front();
     }
+    true
 }
 
 fn json_map<V>(m: &HashMap<Arc<str>, V>, f: impl Fn(&V) -> serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

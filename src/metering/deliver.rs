@@ -144,15 +144,18 @@ async fn deliver(cfg: MeteringCfg, redis: Option<String>) {
     }
     let mut tasks = Vec::new();
     for (name, s) in &cfg.sinks {
-        match sinks::build(name, s) {
-            Ok(sink) => tasks.push(Task {
-                name: name.clone(),
-                cfg: s.clone(),
-                sink,
-                state: Arc::default(),
-            }),
-            Err(e) => log::error!("{e}; its events stay in the spool"),
-        }
+        // A sink that cannot start still holds its place: its events stay in the spool
+        // (counted against spool_max) instead of being removed unread.
+        let sink = sinks::build(name, s).unwrap_or_else(|e| {
+            log::error!("{e}; its events stay in the spool");
+            Box::new(sinks::Broken(e))
+        });
+        tasks.push(Task {
+            name: name.clone(),
+            cfg: s.clone(),
+            sink,
+            state: Arc::default(),
+        });
     }
     tasks.push(Task {
         name: "_usage".into(),
@@ -225,9 +228,13 @@ async fn sink_loop(dir: PathBuf, mut t: Task, mut stop: watch::Receiver<bool>) {
             }
         };
         if batch.is_empty() {
+            t.sink.idle().await;
             if batch.end != cursor {
                 cursor = batch.end.clone();
-                *lock(&t.state.cursor) = cursor.clone();
+            }
+            let durable = t.sink.own_cursor().unwrap_or_else(|| cursor.clone());
+            if *lock(&t.state.cursor) != durable {
+                *lock(&t.state.cursor) = durable;
             }
             if !pause(&mut stop, t.cfg.flush_interval.0).await {
                 return;
@@ -265,12 +272,13 @@ async fn sink_loop(dir: PathBuf, mut t: Task, mut stop: watch::Receiver<bool>) {
             }
         }
         cursor = batch.end.clone();
-        if t.sink.own_cursor().is_none() {
-            if let Err(e) = spool::write_atomic(&cursor_path(&dir, &t.name), cursor.text().as_bytes()) {
-                log::error!("metering sink {}: cannot save its cursor: {e}", t.name);
-            }
+        // The ledger's own position is what it has made durable (it writes at intervals):
+        // that, not how far it has read, is what keeps segments from removal.
+        let durable = t.sink.own_cursor().unwrap_or_else(|| cursor.clone());
+        if let Err(e) = spool::write_atomic(&cursor_path(&dir, &t.name), durable.text().as_bytes()) {
+            log::error!("metering sink {}: cannot save its cursor: {e}", t.name);
         }
-        *lock(&t.state.cursor) = cursor.clone();
+        *lock(&t.state.cursor) = durable;
         if batch.len() < batch_max && !pause(&mut stop, t.cfg.flush_interval.0).await {
             return;
         }
@@ -305,6 +313,20 @@ async fn attempt(
         let why = match sent {
             Ok(Ok(())) => return Some(Ok(())),
             Ok(Err(Failure::Permanent(why))) => return Some(Err(why)),
+            // The receiver takes smaller batches: halve this one and send again at once.
+            Ok(Err(Failure::TooLarge(why))) if batch.len() > 1 => {
+                let half = batch.len() / 2;
+                log::warn!("metering sink {}: {why}; sending {half} events at a time", t.name);
+                match spool::read_batch(dir, cursor, half) {
+                    Ok(mut b) => {
+                        settle_drops(&t.name, cursor, &mut b);
+                        *batch = b;
+                    }
+                    Err(e) => log::error!("metering sink {}: reading the spool again: {e}", t.name),
+                }
+                continue;
+            }
+            Ok(Err(Failure::TooLarge(why))) => return Some(Err(why)),
             Ok(Err(Failure::Retry(why))) => why,
             Err(_) => format!("no answer within {}", humantime::format_duration(t.cfg.timeout.0)),
         };
@@ -396,6 +418,8 @@ fn sweep(dir: &Path, max: u64) -> std::io::Result<()> {
             .filter(|(_, &b)| b == b'\n')
             .map(|(i, _)| i as u64 + 1)
             .collect();
+        std::fs::remove_file(&seg.path)?;
+        total -= seg.len;
         log::error!(
             "metering: spool over metering.spool_max: dropped {} ({} events) before sink(s) {} had all of it",
             seg.path.display(),
@@ -407,8 +431,6 @@ fn sweep(dir: &Path, max: u64) -> std::io::Result<()> {
             line_ends: ends,
             pending,
         });
-        std::fs::remove_file(&seg.path)?;
-        total -= seg.len;
     }
     METRICS.spool_bytes.set(total as i64);
     for ((name, state), c) in sinks.iter().zip(&cursors) {

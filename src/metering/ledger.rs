@@ -51,16 +51,47 @@ fn load(spool: &Path) -> Saved {
 
 pub struct Ledger {
     spool: PathBuf,
-    cursor: Cursor,
+    /// What `usage.json` holds: the counts of every event before this position.
+    durable: Cursor,
+    /// How far the counts in memory go.
+    read: Cursor,
+    last_write: Option<std::time::Instant>,
 }
 
+/// `usage.json` is rewritten at most this often (counts and position together), so a
+/// large ledger costs one write every few seconds, not one per batch.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Consumers per month; the rest count under `_other` (JWT subjects can be minted).
+const MAX_CONSUMERS: usize = 10_000;
+
 impl Ledger {
+    /// Memory runs ahead of the file between writes; the file is always whole (counts with
+    /// the position they cover), and a crash replays the spool from that position.
+    fn persist(&mut self, months: Months) {
+        let saved = Saved {
+            cursor: self.read.text(),
+            months,
+        };
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomic(&path(&self.spool), &bytes));
+        match written {
+            Ok(()) => {
+                self.durable = self.read.clone();
+                self.last_write = Some(std::time::Instant::now());
+            }
+            Err(e) => log::error!("metering: cannot write {}: {e}", path(&self.spool).display()),
+        }
+    }
+
     pub fn open(spool: &Path) -> Ledger {
         let saved = load(spool);
         *LEDGER.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved.months);
         Ledger {
             spool: spool.to_path_buf(),
-            cursor: Cursor::parse(&saved.cursor).unwrap_or_default(),
+            durable: Cursor::parse(&saved.cursor).unwrap_or_default(),
+            read: Cursor::parse(&saved.cursor).unwrap_or_default(),
+            last_write: None,
         }
     }
 }
@@ -86,39 +117,50 @@ struct LineData<'a> {
 #[async_trait]
 impl Sink for Ledger {
     async fn send(&mut self, batch: &Batch) -> Result<(), Failure> {
-        let mut guard = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
-        let mut months = guard.clone().unwrap_or_default();
-        for line in batch.lines() {
-            let Ok(l) = serde_json::from_slice::<Line<'_>>(line) else {
-                continue;
-            };
-            let Some(month) = l.time.get(..7) else { continue };
-            let r = months
-                .entry(month.to_string())
-                .or_default()
-                .entry(l.data.consumer.unwrap_or("anonymous").to_string())
-                .or_default()
-                .entry(l.data.route.unwrap_or("_none").to_string())
-                .or_default();
-            r.requests += 1;
-            r.billable += u64::from(l.data.rejection.is_none() && (100..500).contains(&l.data.status));
-        }
-        while months.len() > MONTHS {
-            months.pop_first();
-        }
-        let saved = Saved {
-            cursor: batch.end.text(),
-            months,
+        let snapshot = {
+            let mut guard = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
+            let months = guard.get_or_insert_with(Months::new);
+            for line in batch.lines() {
+                let Ok(l) = serde_json::from_slice::<Line<'_>>(line) else {
+                    continue;
+                };
+                let Some(month) = l.time.get(..7) else { continue };
+                let consumers = months.entry(month.to_string()).or_default();
+                let mut consumer = l.data.consumer.unwrap_or("anonymous");
+                if consumers.len() >= MAX_CONSUMERS && !consumers.contains_key(consumer) {
+                    consumer = "_other";
+                }
+                let r = consumers
+                    .entry(consumer.to_string())
+                    .or_default()
+                    .entry(l.data.route.unwrap_or("_none").to_string())
+                    .or_default();
+                r.requests += 1;
+                r.billable += u64::from(l.data.rejection.is_none() && (100..500).contains(&l.data.status));
+            }
+            while months.len() > MONTHS {
+                months.pop_first();
+            }
+            let due = self.last_write.is_none_or(|t| t.elapsed() >= WRITE_EVERY);
+            due.then(|| months.clone())
         };
-        let bytes = serde_json::to_vec(&saved).map_err(|e| Failure::Retry(e.to_string()))?;
-        write_atomic(&path(&self.spool), &bytes).map_err(|e| Failure::Retry(format!("usage.json: {e}")))?;
-        *guard = Some(saved.months);
-        self.cursor = batch.end.clone();
+        self.read = batch.end.clone();
+        if let Some(months) = snapshot {
+            self.persist(months);
+        }
         Ok(())
     }
 
+    /// Caught up: what memory holds beyond the file is written now.
+    async fn idle(&mut self) {
+        if self.read != self.durable {
+            let months = LEDGER.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+            self.persist(months);
+        }
+    }
+
     fn own_cursor(&self) -> Option<Cursor> {
-        Some(self.cursor.clone())
+        Some(self.durable.clone())
     }
 }
 

@@ -172,8 +172,8 @@ pub fn record(usage: &Usage<'_>, sample: analytics::Sample) {
     usage.encode(&mut line);
     line.push(b'\n');
     match s.tx.try_send(Item { line, sample }) {
-        Ok(()) => METRICS.events.with_label_values(&["produced"]).inc(),
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => METRICS.events.with_label_values(&["dropped"]).inc(),
+        Ok(()) => METRICS.produced.inc(),
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => METRICS.queue_full.inc(),
     }
 }
 
@@ -212,13 +212,15 @@ impl pingora_core::services::background::BackgroundService for MeteringService {
 fn write_loop(rx: Receiver<Item>, mut writer: spool::Writer) {
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut samples = Vec::with_capacity(1024);
+    let mut behind = false;
     loop {
         let closing = CLOSING.load(Ordering::Acquire);
-        if !closing {
+        if !closing && !behind {
             std::thread::sleep(WRITE_EVERY);
         }
         let mut gone = false;
         let mut n = 0u64;
+        behind = false;
         loop {
             match rx.try_recv() {
                 Ok(item) => {
@@ -226,6 +228,7 @@ fn write_loop(rx: Receiver<Item>, mut writer: spool::Writer) {
                     samples.push(item.sample);
                     n += 1;
                     if buf.len() >= 4 << 20 {
+                        behind = true;
                         break;
                     }
                 }
@@ -239,10 +242,6 @@ fn write_loop(rx: Receiver<Item>, mut writer: spool::Writer) {
         if let Err(e) = writer.rotate_if_asked() {
             log::error!("metering: cannot seal the open segment: {e}");
         }
-        if !samples.is_empty() {
-            analytics::add(&samples);
-            samples.clear();
-        }
         if !buf.is_empty() {
             match writer.append(&buf) {
                 Ok(()) => METRICS.spooled.inc_by(n),
@@ -252,6 +251,12 @@ fn write_loop(rx: Receiver<Item>, mut writer: spool::Writer) {
                 }
             }
             buf.clear();
+        }
+        // After the fsync, and never waiting: an admin query holding the aggregates must not
+        // delay the spool. Samples wait for the next wake instead (a bounded number).
+        let added = !samples.is_empty() && analytics::try_add(&samples);
+        if added || samples.len() > 1 << 20 {
+            samples.clear();
         }
         // Stops once the queue is empty: every event of an answered request is on disk.
         if (closing && n == 0) || gone {

@@ -11,6 +11,19 @@ use std::io::Write;
 pub enum Failure {
     Retry(String),
     Permanent(String),
+    /// 413: the same events in smaller batches may pass.
+    TooLarge(String),
+}
+
+/// A sink whose client could not be made (its error, every time): it keeps its cursor, so
+/// its events wait in the spool for a config that works.
+pub struct Broken(pub String);
+
+#[async_trait]
+impl Sink for Broken {
+    async fn send(&mut self, _batch: &Batch) -> Result<(), Failure> {
+        Err(Failure::Retry(self.0.clone()))
+    }
 }
 
 #[async_trait]
@@ -22,14 +35,19 @@ pub trait Sink: Send {
     fn own_cursor(&self) -> Option<Cursor> {
         None
     }
+
+    /// Called when there was nothing to read.
+    async fn idle(&mut self) {}
 }
 
 pub fn build(name: &str, cfg: &SinkCfg) -> Result<Box<dyn Sink>, String> {
     let url = cfg.url.as_ref().map(|u| u.value.clone()).unwrap_or_default();
     Ok(match cfg.kind {
         SinkKind::Http | SinkKind::Lago => {
+            // No redirects: reqwest would turn the POST into a GET whose 200 is not a delivery.
             let client = reqwest::Client::builder()
                 .timeout(cfg.timeout.0)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| format!("metering sink {name}: HTTP client: {e}"))?;
             let mut headers = reqwest::header::HeaderMap::new();
@@ -65,14 +83,17 @@ pub fn build(name: &str, cfg: &SinkCfg) -> Result<Box<dyn Sink>, String> {
     })
 }
 
-/// What an HTTP answer means for the batch: 2xx delivered; 408, 429 and 5xx worth another
-/// try; any other 4xx a refusal that another try will not change.
+/// What an HTTP answer means for the batch: 2xx delivered; 413 smaller batches; any other
+/// 4xx a refusal of these events that another try will not change, except 408 and 429, and
+/// 401 and 403 (a credential being rotated must not send the backlog to the dead letters);
+/// 3xx (a URL to fix), 5xx and the rest worth another try.
 fn judge(status: reqwest::StatusCode, body: &str) -> Result<(), Failure> {
     let s = status.as_u16();
     let why = || format!("HTTP {s}: {}", body.chars().take(200).collect::<String>());
     match s {
         200..=299 => Ok(()),
-        408 | 429 => Err(Failure::Retry(why())),
+        413 => Err(Failure::TooLarge(why())),
+        401 | 403 | 408 | 429 => Err(Failure::Retry(why())),
         400..=499 => Err(Failure::Permanent(why())),
         _ => Err(Failure::Retry(why())),
     }
@@ -239,8 +260,13 @@ impl Sink for FileSink {
                     std::fs::create_dir_all(dir)?;
                 }
                 let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-                f.write_all(&data)?;
-                f.sync_data()
+                let len = f.metadata()?.len();
+                // A failed write is cut back, so a retry never glues half a line to the next.
+                if let Err(e) = f.write_all(&data).and_then(|_| f.sync_data()) {
+                    let _ = f.set_len(len);
+                    return Err(e);
+                }
+                Ok(())
             };
             write().map_err(|e| Failure::Retry(format!("{path}: {e}")))?;
         }

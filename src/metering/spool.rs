@@ -58,6 +58,10 @@ pub fn list(spool: &Path) -> io::Result<Vec<Segment>> {
         } else {
             continue;
         };
+        // Only names the writer makes: a stray file must not sort among the segments.
+        if !is_stem(stem) {
+            continue;
+        }
         let len = match entry.metadata() {
             Ok(m) => m.len(),
             // Removed between the listing and now.
@@ -72,6 +76,16 @@ pub fn list(spool: &Path) -> io::Result<Vec<Segment>> {
     }
     out.sort_by(|a, b| a.stem.cmp(&b.stem));
     Ok(out)
+}
+
+/// `MICROS-PID`: 20 and 10 digits.
+fn is_stem(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 31 && b[20] == b'-' && b.iter().enumerate().all(|(i, c)| i == 20 || c.is_ascii_digit())
+}
+
+fn stem_micros(s: &str) -> u128 {
+    s.get(..20).and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
 fn flock(f: &File, nonblocking: bool) -> bool {
@@ -97,27 +111,38 @@ pub fn recover(spool: &Path) -> io::Result<usize> {
         if seg.sealed || own.as_deref() == Some(seg.stem.as_str()) {
             continue;
         }
-        let mut f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
-        if !flock(&f, true) {
-            continue;
+        // One unreadable or vanished file must not stop the upkeep of the others.
+        match seal_dead(&seg) {
+            Ok(true) => sealed += 1,
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::error!("metering: cannot recover {}: {e}", seg.path.display()),
         }
-        let keep = last_line_end(&mut f, seg.len)?;
-        if keep < seg.len {
-            log::warn!(
-                "metering: {} ended in a torn line ({} bytes cut)",
-                seg.path.display(),
-                seg.len - keep
-            );
-            f.set_len(keep)?;
-        }
-        f.sync_all()?;
-        fs::rename(&seg.path, seg.path.with_extension("jsonl"))?;
-        sealed += 1;
     }
     if sealed > 0 {
         sync_dir(&segments_dir(spool));
     }
     Ok(sealed)
+}
+
+/// Seals `seg` if its writer is gone (its lock is free); false if it is still being written.
+fn seal_dead(seg: &Segment) -> io::Result<bool> {
+    let mut f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
+    if !flock(&f, true) {
+        return Ok(false);
+    }
+    let keep = last_line_end(&mut f, seg.len)?;
+    if keep < seg.len {
+        log::warn!(
+            "metering: {} ended in a torn line ({} bytes cut)",
+            seg.path.display(),
+            seg.len - keep
+        );
+        f.set_len(keep)?;
+    }
+    f.sync_all()?;
+    fs::rename(&seg.path, seg.path.with_extension("jsonl"))?;
+    Ok(true)
 }
 
 /// The length of the file up to and including its last newline.
@@ -207,6 +232,7 @@ impl Batch {
 }
 
 const READ_MAX: usize = 8 << 20;
+const CHUNK: usize = 64 << 10;
 
 /// Up to `max_lines` lines after `from`, in segment order. It stops at a segment another
 /// live process is still writing, and reads this process's own open segment only as far
@@ -227,19 +253,20 @@ pub fn read_batch(spool: &Path, from: &Cursor, max_lines: usize) -> io::Result<B
         if seg.stem < batch.end.stem {
             continue;
         }
+        let limit = match (&active, seg.sealed) {
+            (_, true) => seg.len,
+            (Some((stem, synced)), false) if *stem == seg.stem => *synced,
+            // Another live process is writing it: stop before it, without moving onto it
+            // (a segment that sorts before it may still appear).
+            _ => break,
+        };
         if seg.stem != batch.end.stem {
             batch.end = Cursor {
                 stem: seg.stem.clone(),
                 offset: 0,
             };
         }
-        let limit = match (&active, seg.sealed) {
-            (_, true) => seg.len,
-            (Some((stem, synced)), false) if *stem == seg.stem => *synced,
-            _ => break,
-        };
         if batch.end.offset < limit {
-            let want = ((limit - batch.end.offset) as usize).min(READ_MAX.saturating_sub(batch.buf.len()));
             let mut f = match File::open(&seg.path) {
                 Ok(f) => f,
                 // Sealed (renamed) or removed since the listing: the next read sees it.
@@ -247,21 +274,28 @@ pub fn read_batch(spool: &Path, from: &Cursor, max_lines: usize) -> io::Result<B
                 Err(e) => return Err(e),
             };
             f.seek(SeekFrom::Start(batch.end.offset))?;
-            let start = batch.buf.len();
-            batch.buf.resize(start + want, 0);
-            f.read_exact(&mut batch.buf[start..])?;
-            let mut at = start;
-            while batch.lines.len() < max_lines {
-                let Some(nl) = batch.buf[at..].iter().position(|&b| b == b'\n') else {
-                    break;
-                };
-                if nl > 0 {
-                    batch.lines.push((at, at + nl));
+            // In chunks, until enough lines: a batch of 100 reads what 100 lines take.
+            let mut left = limit - batch.end.offset;
+            let mut at = batch.buf.len();
+            while left > 0 && batch.lines.len() < max_lines && batch.buf.len() < READ_MAX {
+                let start = batch.buf.len();
+                let want = (left as usize).min(CHUNK);
+                batch.buf.resize(start + want, 0);
+                f.read_exact(&mut batch.buf[start..])?;
+                left -= want as u64;
+                while batch.lines.len() < max_lines {
+                    let Some(nl) = batch.buf[at..].iter().position(|&b| b == b'\n') else {
+                        break;
+                    };
+                    if nl > 0 {
+                        batch.lines.push((at, at + nl));
+                    }
+                    at += nl + 1;
                 }
-                at += nl + 1;
             }
+            let unread = batch.buf.len() - at;
             batch.buf.truncate(at);
-            batch.end.offset += (at - start) as u64;
+            batch.end.offset = limit - left - unread as u64;
         }
         if batch.lines.len() >= max_lines || batch.buf.len() >= READ_MAX || !seg.sealed || batch.end.offset < limit {
             break;
@@ -341,17 +375,26 @@ impl Writer {
     }
 
     fn create(&mut self) -> io::Result<(File, String, u64)> {
+        // Serialised across processes (the two of an upgrade): a name is chosen and becomes
+        // visible under one lock, so no segment can appear behind a newer one.
+        let dir = segments_dir(&self.spool);
+        let guard = OpenOptions::new().create(true).append(true).open(self.spool.join("create.lock"))?;
+        flock(&guard, false);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros();
-        // After every segment there is, whoever wrote it: segments are read in name order.
-        let newest = list(&self.spool)?
-            .last()
-            .and_then(|s| s.stem.split('-').next().and_then(|t| t.parse::<u128>().ok()))
+        // After every segment there is and every cursor (a clock set back must not name a
+        // segment that sorts before where the sinks already are).
+        let newest = list(&self.spool)?.last().map_or(0, |s| stem_micros(&s.stem));
+        let cursors = fs::read_dir(self.spool.join("cursors"))?
+            .flatten()
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .filter_map(|t| Cursor::parse(&t))
+            .map(|c| stem_micros(&c.stem))
+            .max()
             .unwrap_or(0);
-        self.last_stem = now.max(self.last_stem + 1).max(newest + 1);
+        self.last_stem = now.max(self.last_stem + 1).max(newest + 1).max(cursors + 1);
         let stem = format!("{:020}-{:010}", self.last_stem, std::process::id());
         // Locked under a name no one lists, then renamed: an `.open` file is never visible
         // unlocked, where a janitor would take it for a dead process's and seal it.
-        let dir = segments_dir(&self.spool);
         let fresh = dir.join(format!("{stem}.new"));
         let f = OpenOptions::new().create_new(true).append(true).open(&fresh)?;
         if !flock(&f, true) {
@@ -361,6 +404,7 @@ impl Writer {
         set_active(Some((stem.clone(), 0)));
         fs::rename(&fresh, dir.join(format!("{stem}.open")))?;
         sync_dir(&dir);
+        drop(guard);
         Ok((f, stem, 0))
     }
 
