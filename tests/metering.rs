@@ -116,8 +116,10 @@ fn check_event(e: &Value, s: &Sent, x: &Expect) {
     let time = meter::time_ms(e);
     assert!((s.from_ms..=s.to_ms + 50).contains(&time), "time {time} within the request: {e}");
     let latency = d["latency_ms"].as_f64().unwrap_or_else(|| panic!("latency_ms: {e}"));
+    // The gateway's clock stops after the answer is written (its log phase), which on a
+    // loaded 2-core machine can be a few ms after the client has it.
     assert!(
-        (0.0..=s.took_ms + 1.0).contains(&latency),
+        (0.0..=s.took_ms + 25.0).contains(&latency),
         "latency within the client's {} ms: {e}",
         s.took_ms
     );

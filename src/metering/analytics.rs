@@ -7,7 +7,10 @@
 //! histogram buckets actually hit (8 bytes each).
 
 use once_cell::sync::Lazy;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// The aggregates' maps: keyed by names the config and the consumers hold, hashed fast.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -175,8 +178,8 @@ pub fn try_add(samples: &[Sample]) -> bool {
             store.push_back(Minute {
                 at,
                 total: Agg::default(),
-                routes: HashMap::new(),
-                consumers: HashMap::new(),
+                routes: HashMap::default(),
+                consumers: HashMap::default(),
                 status: Default::default(),
             });
         }
@@ -213,8 +216,8 @@ pub fn overview(minutes: u64, top: usize) -> serde_json::Value {
     let now = minute_of(SystemTime::now());
     let store = STORE.lock().unwrap_or_else(|p| p.into_inner());
     let (mut total, mut status) = (Agg::default(), <[Agg; 6]>::default());
-    let mut routes: HashMap<Arc<str>, Agg> = HashMap::new();
-    let mut consumers: HashMap<Arc<str>, Agg> = HashMap::new();
+    let mut routes: HashMap<Arc<str>, Agg> = HashMap::default();
+    let mut consumers: HashMap<Arc<str>, Agg> = HashMap::default();
     for m in store.iter().filter(|m| m.at + minutes > now) {
         total.merge(&m.total);
         for (a, b) in status.iter_mut().zip(m.status.iter()) {
@@ -269,7 +272,7 @@ pub fn consumer(name: &str, minutes: u64) -> serde_json::Value {
     let store = STORE.lock().unwrap_or_else(|p| p.into_inner());
     let mut total = Agg::default();
     let mut status = <[Counts; 6]>::default();
-    let mut routes: HashMap<Arc<str>, Counts> = HashMap::new();
+    let mut routes: HashMap<Arc<str>, Counts> = HashMap::default();
     for m in store.iter().filter(|m| m.at + minutes > now) {
         let Some(c) = m.consumers.get(name) else { continue };
         total.merge(&c.total);

@@ -6,7 +6,6 @@
 use super::sinks::{Failure, Sink};
 use super::spool::Batch;
 use async_trait::async_trait;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -31,36 +30,18 @@ impl Fleet {
     }
 }
 
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow)]
-    time: &'a str,
-    data: LineData<'a>,
-}
-
-#[derive(Deserialize)]
-struct LineData<'a> {
-    #[serde(borrow)]
-    consumer: Option<&'a str>,
-    status: u16,
-    request_bytes: u64,
-    response_bytes: u64,
-}
-
 #[async_trait]
 impl Sink for Fleet {
     async fn send(&mut self, batch: &Batch) -> Result<(), Failure> {
         let mut sums: BTreeMap<String, [u64; 4]> = BTreeMap::new();
         for line in batch.lines() {
-            let Ok(l) = serde_json::from_slice::<Line<'_>>(line) else {
-                continue;
-            };
+            let Some(l) = super::fields::read(line) else { continue };
             let Some(day) = l.time.get(..10) else { continue };
-            let s = sums.entry(key(day, l.data.consumer.unwrap_or("anonymous"))).or_default();
+            let s = sums.entry(key(day, l.consumer.as_deref().unwrap_or("anonymous"))).or_default();
             s[0] += 1;
-            s[1] += u64::from(l.data.status >= 400 || l.data.status == 0);
-            s[2] += l.data.request_bytes;
-            s[3] += l.data.response_bytes;
+            s[1] += u64::from(l.status >= 400 || l.status == 0);
+            s[2] += l.request_bytes;
+            s[3] += l.response_bytes;
         }
         let mut con = match self.con.take() {
             Some(c) => c,

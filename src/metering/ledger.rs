@@ -96,24 +96,6 @@ impl Ledger {
     }
 }
 
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow)]
-    time: &'a str,
-    data: LineData<'a>,
-}
-
-#[derive(Deserialize)]
-struct LineData<'a> {
-    #[serde(borrow)]
-    consumer: Option<&'a str>,
-    #[serde(borrow)]
-    route: Option<&'a str>,
-    status: u16,
-    #[serde(borrow)]
-    rejection: Option<&'a str>,
-}
-
 #[async_trait]
 impl Sink for Ledger {
     async fn send(&mut self, batch: &Batch) -> Result<(), Failure> {
@@ -121,22 +103,28 @@ impl Sink for Ledger {
             let mut guard = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
             let months = guard.get_or_insert_with(Months::new);
             for line in batch.lines() {
-                let Ok(l) = serde_json::from_slice::<Line<'_>>(line) else {
-                    continue;
-                };
+                let Some(l) = super::fields::read(line) else { continue };
                 let Some(month) = l.time.get(..7) else { continue };
-                let consumers = months.entry(month.to_string()).or_default();
-                let mut consumer = l.data.consumer.unwrap_or("anonymous");
+                // Looked up before inserting: no key allocated for a name already there.
+                let consumers = match months.get_mut(month) {
+                    Some(c) => c,
+                    None => months.entry(month.to_string()).or_default(),
+                };
+                let mut consumer = l.consumer.as_deref().unwrap_or("anonymous");
                 if consumers.len() >= MAX_CONSUMERS && !consumers.contains_key(consumer) {
                     consumer = "_other";
                 }
-                let r = consumers
-                    .entry(consumer.to_string())
-                    .or_default()
-                    .entry(l.data.route.unwrap_or("_none").to_string())
-                    .or_default();
+                if !consumers.contains_key(consumer) {
+                    consumers.insert(consumer.to_string(), BTreeMap::new());
+                }
+                let Some(routes) = consumers.get_mut(consumer) else { continue };
+                let route = l.route.as_deref().unwrap_or("_none");
+                if !routes.contains_key(route) {
+                    routes.insert(route.to_string(), RouteUsage::default());
+                }
+                let Some(r) = routes.get_mut(route) else { continue };
                 r.requests += 1;
-                r.billable += u64::from(l.data.rejection.is_none() && (100..500).contains(&l.data.status));
+                r.billable += u64::from(l.rejection.is_none() && (100..500).contains(&l.status));
             }
             while months.len() > MONTHS {
                 months.pop_first();

@@ -11,6 +11,7 @@
 pub mod analytics;
 mod deliver;
 pub mod event;
+mod fields;
 pub mod fleet;
 pub mod ledger;
 mod sinks;

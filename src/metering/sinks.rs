@@ -79,6 +79,7 @@ pub fn build(name: &str, cfg: &SinkCfg) -> Result<Box<dyn Sink>, String> {
         }),
         SinkKind::File => Box::new(FileSink {
             pattern: cfg.path.clone().unwrap_or_default(),
+            last: None,
         }),
     })
 }
@@ -234,6 +235,8 @@ impl Sink for RedisStream {
 
 struct FileSink {
     pattern: String,
+    /// The last event second and the path it named: events of one second share a path.
+    last: Option<(String, String)>,
 }
 
 #[async_trait]
@@ -242,15 +245,22 @@ impl Sink for FileSink {
         // Lines grouped by the file their event's date names, in order.
         let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for line in batch.lines() {
-            #[derive(serde::Deserialize)]
-            struct Time<'a> {
-                time: &'a str,
-            }
-            let t: Time<'_> = serde_json::from_slice(line).map_err(|e| Failure::Permanent(format!("spool line: {e}")))?;
-            let at = chrono::DateTime::parse_from_rfc3339(t.time)
-                .map_err(|e| Failure::Permanent(format!("event time `{}`: {e}", t.time)))?
-                .with_timezone(&chrono::Utc);
-            let buf = files.entry(at.format(&self.pattern).to_string()).or_default();
+            let time = super::fields::read(line)
+                .map(|f| f.time)
+                .ok_or_else(|| Failure::Permanent("a spool line without its fields".into()))?;
+            let second = time.get(..19).unwrap_or(time);
+            let path = match &self.last {
+                Some((s, p)) if s == second => p.clone(),
+                _ => {
+                    let at = chrono::DateTime::parse_from_rfc3339(time)
+                        .map_err(|e| Failure::Permanent(format!("event time `{time}`: {e}")))?
+                        .with_timezone(&chrono::Utc);
+                    let p = at.format(&self.pattern).to_string();
+                    self.last = Some((second.to_string(), p.clone()));
+                    p
+                }
+            };
+            let buf = files.entry(path).or_default();
             buf.extend_from_slice(line);
             buf.push(b'\n');
         }
