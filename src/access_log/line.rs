@@ -130,7 +130,7 @@ fn field_uint(out: &mut Vec<u8>, name: &str, v: u64) {
 }
 
 /// JSON string escaping; the common case (nothing to escape) is one copy.
-fn escape(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn escape(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     // A fold, not `any`: without the early exit the compiler checks many bytes per step.
     if !bytes.iter().fold(false, |hit, &b| hit | (b < 0x20) | (b == b'"') | (b == b'\\')) {
@@ -156,7 +156,7 @@ fn escape(s: &str, out: &mut Vec<u8>) {
 }
 
 /// Milliseconds with microsecond precision, e.g. `12.345`.
-fn millis(ms: f64, out: &mut Vec<u8>) {
+pub(crate) fn millis(ms: f64, out: &mut Vec<u8>) {
     let micros = if ms.is_finite() && ms > 0.0 {
         (ms * 1000.0).round() as u64
     } else {
@@ -179,7 +179,7 @@ thread_local! {
 }
 
 /// `2026-11-26T12:41:09.123Z`, as humantime's `format_rfc3339_millis`.
-fn timestamp(t: SystemTime, out: &mut Vec<u8>) {
+pub(crate) fn timestamp(t: SystemTime, out: &mut Vec<u8>) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let (secs, ms) = (since.as_secs(), since.subsec_millis());
     SECOND.with(|cell| {

@@ -24,7 +24,7 @@ pub fn close_all() {
     }
 }
 
-mod line;
+pub(crate) mod line;
 pub use line::{Line, TlsFields};
 
 const QUEUE: usize = 16 * 1024;

@@ -43,14 +43,7 @@ impl Sink for Fleet {
             s[2] += l.request_bytes;
             s[3] += l.response_bytes;
         }
-        let mut con = match self.con.take() {
-            Some(c) => c,
-            None => self
-                .client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| Failure::Retry(format!("redis connect: {e}")))?,
-        };
+        let mut con = super::sinks::redis_connection(&self.client, &mut self.con).await?;
         let mut pipe = redis::pipe();
         for (k, s) in &sums {
             for (field, n) in ["requests", "errors", "bytes_in", "bytes_out"].iter().zip(s) {

@@ -192,6 +192,20 @@ fn lago_body(code: &str, batch: &Batch) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&json!({ "events": events })).map_err(|e| e.to_string())
 }
 
+/// The connection kept from the last batch, or a new one (a failed batch drops it).
+pub async fn redis_connection(
+    client: &redis::Client,
+    kept: &mut Option<redis::aio::MultiplexedConnection>,
+) -> Result<redis::aio::MultiplexedConnection, Failure> {
+    match kept.take() {
+        Some(c) => Ok(c),
+        None => client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| Failure::Retry(format!("redis connect: {e}"))),
+    }
+}
+
 struct RedisStream {
     client: redis::Client,
     con: Option<redis::aio::MultiplexedConnection>,
@@ -202,14 +216,7 @@ struct RedisStream {
 #[async_trait]
 impl Sink for RedisStream {
     async fn send(&mut self, batch: &Batch) -> Result<(), Failure> {
-        let mut con = match self.con.take() {
-            Some(c) => c,
-            None => self
-                .client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| Failure::Retry(format!("redis connect: {e}")))?,
-        };
+        let mut con = redis_connection(&self.client, &mut self.con).await?;
         let mut pipe = redis::pipe();
         for line in batch.lines() {
             pipe.cmd("XADD")

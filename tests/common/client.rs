@@ -32,6 +32,12 @@ impl Response {
 
 /// Sends `method path` with extra headers and an optional body, `Connection: close`.
 pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Response {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// [`request`], with an error instead of a panic when the gateway is not there (it is
+/// being killed or upgraded).
+pub fn try_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> std::io::Result<Response> {
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         raw.push_str("Host: test.local\r\n");
@@ -46,7 +52,7 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     if let Some(b) = body {
         raw.push_str(b);
     }
-    raw_request(addr, raw.as_bytes()).unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+    raw_request(addr, raw.as_bytes())
 }
 
 pub fn get(addr: &str, path: &str) -> Response {

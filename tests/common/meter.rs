@@ -4,7 +4,7 @@
 //! and load whose request ids the test chooses (the gateway keeps a client's valid
 //! `x-request-id`), so that every answered request can be matched with its event.
 
-use super::client::{raw_request, read_response, Response};
+use super::client::{read_response, Response};
 use super::upstream::{Recorded, Upstream};
 use super::Gateway;
 use cloudevents::{AttributesReader, Data, Event};
@@ -256,22 +256,7 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// `method path` with extra headers and an optional body, `Connection: close`; an error
-/// instead of a panic when the gateway is not there (it is being killed or upgraded).
-pub fn try_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> std::io::Result<Response> {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        raw.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    raw.push_str("Connection: close\r\n\r\n");
-    if let Some(b) = body {
-        raw.push_str(b);
-    }
-    raw_request(addr, raw.as_bytes())
-}
+pub use super::client::try_request;
 
 /// One keep-alive connection: its requests are served, and so metered, one after another.
 pub struct KeepAlive {
