@@ -106,6 +106,9 @@ impl Live {
     fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
         let name = self.path.display().to_string();
         let text = std::fs::read_to_string(&self.path).map_err(|e| vec![format!("{name}: cannot read file: {e}")])?;
+        let text = config::managed::effective(&self.path, &text)
+            .map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?
+            .text;
         let file = config::parse_str(&name, &text).map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
         let current = self.current.load_full();
         let changed = current.material != crate::snapshot::material_digest(&file, &text);
@@ -121,6 +124,90 @@ impl Live {
             changed,
             needs_upgrade,
         })
+    }
+}
+
+/// Why a config write changed nothing.
+#[derive(Debug)]
+pub enum WriteError {
+    /// `admin.managed` is not set: there is nowhere to persist a write.
+    NoManaged,
+    /// The `If-Match` ETag is not the serving config's; holds the current one.
+    Stale(String),
+    /// The edit itself is malformed (names no entry, or cannot become TOML).
+    Edit(u16, String),
+    /// The config the write would make is refused, as `-t` would refuse it.
+    Invalid(Vec<config::ConfigError>),
+    Io(String),
+}
+
+/// A config write that was applied (or, for a dry run, would be).
+pub struct Written {
+    pub before: Arc<Snapshot>,
+    /// The effective text after the write.
+    pub text: String,
+    pub hash: String,
+}
+
+impl Live {
+    /// Applies `edit` to the managed file and swaps in the result, or changes nothing.
+    ///
+    /// Runs under the reload lock, so a write and a reload never interleave. The new
+    /// config is built completely (the same parse, validation and snapshot build as a
+    /// reload) before the managed file is replaced atomically and the snapshot swapped.
+    /// The main file is read afresh: an edit not yet reloaded there takes effect too,
+    /// as it would with a reload.
+    pub fn write_managed(
+        &self,
+        if_match: Option<&str>,
+        dry_run: bool,
+        edit: impl FnOnce(&mut toml_edit::DocumentMut, &toml::Table) -> Result<(), WriteError>,
+    ) -> Result<Written, WriteError> {
+        let mut status = match self.status.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let before = self.current.load_full();
+        if let Some(tag) = if_match {
+            if tag != before.hash {
+                return Err(WriteError::Stale(before.hash.clone()));
+            }
+        }
+        let name = self.path.display().to_string();
+        let bad = |reason: String| WriteError::Invalid(vec![config::ConfigError::new(&name, "", reason)]);
+        let main_text = std::fs::read_to_string(&self.path).map_err(|e| bad(format!("cannot read file: {e}")))?;
+        let main: toml::Table = main_text.parse().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+        let path = config::managed::managed_path(&self.path, &main).ok_or(WriteError::NoManaged)?;
+        let old = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(WriteError::Io(format!("{}: {e}", path.display()))),
+        };
+        let mut doc: toml_edit::DocumentMut = old
+            .parse()
+            .map_err(|e| WriteError::Invalid(vec![config::ConfigError::new(&path.display().to_string(), "", format!("{e}"))]))?;
+        edit(&mut doc, &main)?;
+        let managed_text = doc.to_string();
+        let text = config::managed::merged_text(&main_text, main, &path, &managed_text).map_err(|e| WriteError::Invalid(e.0))?;
+        let file = config::parse_str(&name, &text).map_err(|e| WriteError::Invalid(e.0))?;
+        let snap = Snapshot::build(file, &text, &name, Some(&before)).map_err(|e| WriteError::Invalid(e.0))?;
+        let hash = snap.hash.clone();
+        if dry_run {
+            return Ok(Written { before, text, hash });
+        }
+        config::managed::write_atomic(&path, &managed_text).map_err(|e| WriteError::Io(format!("{}: {e}", path.display())))?;
+        crate::logging::set_level(&snap.file.log.level);
+        self.current.store(Arc::new(snap));
+        status.last_attempt = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        status.last_error.clear();
+        status.reloads += 1;
+        METRICS.reloads.with_label_values(&["ok"]).inc();
+        log::info!(
+            "config changed through the admin API (hash {} -> {hash}), written to {}",
+            before.hash,
+            path.display()
+        );
+        Ok(Written { before, text, hash })
     }
 }
 

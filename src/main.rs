@@ -60,7 +60,7 @@ enum AlertsAction {
 /// and lets anyone who reaches it read metrics and status.
 fn admin_warning(file: &config::File) -> Option<String> {
     let admin = file.admin.as_ref()?;
-    admin.token.is_none().then(|| {
+    (!admin.has_token()).then(|| {
         format!(
             "admin.token is not set: the admin API at {} answers reads to anyone who reaches it and refuses every state-changing call",
             admin.addr
@@ -97,6 +97,14 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{name}: cannot read file: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // API writes (admin.managed) merged over the file: what serves, and what -t checks.
+    let text = match config::managed::effective(&cli.conf, &text) {
+        Ok(e) => e.text,
+        Err(errors) => {
+            eprintln!("{errors}");
             return ExitCode::from(1);
         }
     };

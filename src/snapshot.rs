@@ -66,7 +66,11 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: Arc<AccessLog>,
-    pub admin_token: Option<String>,
+    /// Admin tokens (resolved), with their names and roles.
+    pub admin_tokens: Vec<(String, String, config::Role)>,
+    /// The text this snapshot was built from (the main file, with the managed one merged):
+    /// what `GET /config` shows and its ETag names.
+    pub text: Arc<str>,
     pub consumers: Arc<Consumers>,
     pub plans: Arc<Plans>,
     pub consumer_header: http::HeaderName,
@@ -127,7 +131,7 @@ pub fn material_digest(file: &config::File, text: &str) -> [u8; 32] {
             m.extend_from_slice(k.value.as_bytes());
         }
     }
-    if let Some(t) = file.admin.as_ref().and_then(|a| a.token.as_ref()) {
+    for (_, t, _) in file.admin.iter().flat_map(|a| a.all_tokens()) {
         m.push(1);
         m.extend_from_slice(t.value.as_bytes());
     }
@@ -323,7 +327,13 @@ impl Snapshot {
             clusters,
             trusted_proxies: file.server.trusted_proxies.iter().map(|c| c.0).collect(),
             access_log,
-            admin_token: file.admin.as_ref().and_then(|a| a.token.as_ref()).map(|t| t.value.clone()),
+            admin_tokens: file
+                .admin
+                .iter()
+                .flat_map(|a| a.all_tokens())
+                .map(|(n, t, r)| (n.to_string(), t.value.clone(), r))
+                .collect(),
+            text: Arc::from(text),
             plugin_instances: instances,
             consumers: Arc::new(consumers),
             plans: Arc::new(plans),

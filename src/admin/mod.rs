@@ -1,7 +1,13 @@
 //! The admin listener: `/healthz`, `/metrics`, `/status`, `POST /reload`, `POST
-//! /cache/purge`, `/usage/CONSUMER` (see `authorize` for who may call what).
+//! /cache/purge`, `/usage/CONSUMER`, `/analytics`, `/config` (reads and writes) and the
+//! console at `/ui` (see `auth` for who may call what).
 
+mod audit;
+mod auth;
+mod config_api;
 mod metering;
+mod redact;
+mod ui;
 
 use crate::live::Live;
 use async_trait::async_trait;
@@ -29,14 +35,6 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
     reply(status, "application/json", v.to_string().into_bytes())
 }
 
-/// Compares digests of both, without an early exit: the time taken reveals neither how
-/// much of a guess matched nor how long the token is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let digest = gatehouse_plugins::consumers::key_digest;
-    let (x, y) = (digest(a), digest(b));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
-}
-
 fn refused(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     let mut r = json_reply(status, json!({"error": message, "status": status.as_u16()}));
     if status == StatusCode::UNAUTHORIZED {
@@ -45,56 +43,29 @@ fn refused(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     r
 }
 
-/// Whether the call changes state (reload, purge, usage reset).
-fn changes_state(method: &Method, path: &str) -> bool {
-    *method != Method::GET && *method != Method::HEAD && path != "/healthz"
-}
-
-/// Who may do what. Reads: anyone on a loopback admin address without a token, else the
-/// token. Writes: always the token (a loopback address is reachable from every local
-/// process, and from a browser tricked into posting to it), and `Content-Type:
-/// application/json`, which a cross-site form cannot send without a CORS preflight the
-/// admin API never answers. `/healthz` is open: a liveness probe reveals nothing.
-fn authorize(token: Option<&str>, req: &pingora_http::RequestHeader) -> Result<(), (StatusCode, &'static str)> {
-    let path = req.uri.path();
-    if path == "/healthz" && req.method == Method::GET {
-        return Ok(());
-    }
-    let write = changes_state(&req.method, path);
-    let Some(token) = token else {
-        return if write {
-            Err((
-                StatusCode::FORBIDDEN,
-                "state-changing admin calls need admin.token in the config (use SIGHUP to reload without one)",
-            ))
-        } else {
-            Ok(())
-        };
-    };
-    let given = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        return Err((StatusCode::UNAUTHORIZED, "admin token required"));
-    }
-    if write {
-        let json = req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Err((
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "state-changing admin calls need Content-Type: application/json",
-            ));
+/// The request body, refused past `limit` bytes.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    return Err(json_reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        json!({"error": format!("request body over {limit} bytes"), "status": 413}),
+                    ));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("cannot read the request body: {e}"), "status": 400}),
+                ))
+            }
         }
     }
-    Ok(())
 }
 
 #[async_trait]
@@ -102,12 +73,36 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let snap = self.live.load();
         let req = session.req_header();
-        if let Err((status, message)) = authorize(snap.admin_token.as_deref(), req) {
-            return refused(status, message);
-        }
+        let caller = match auth::authorize(&snap.admin_tokens, req) {
+            Ok(c) => c,
+            Err((status, message)) => return refused(status, message),
+        };
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        let ui = snap.file.admin.as_ref().is_some_and(|a| a.ui);
         match (method, path.as_str()) {
+            (Method::GET, p) if ui && (p == "/ui" || p.starts_with("/ui/")) => ui::serve(p),
+            (Method::GET, "/session") => json_reply(
+                StatusCode::OK,
+                json!({"token": caller.name, "role": caller.role, "version": env!("CARGO_PKG_VERSION")}),
+            ),
+            (Method::GET, "/config") => config_api::get_config(self),
+            (Method::GET, "/config/diff") => config_api::diff(self),
+            (Method::POST, "/config/validate") => config_api::validate(self, session).await,
+            (m, p) if p.starts_with("/config/") => match config_api::entry_path(&p["/config/".len()..]) {
+                None => json_reply(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "not found: config entries are /config/{routes,upstreams,consumers,plugins}/NAME", "status": 404}),
+                ),
+                Some((section, name)) => match m {
+                    Method::GET => config_api::get_entry(self, section, &name),
+                    Method::PUT | Method::DELETE => config_api::write(self, session, &caller, section, name).await,
+                    _ => json_reply(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        json!({"error": "GET, PUT or DELETE", "status": 405}),
+                    ),
+                },
+            },
             // Ready once the stores are open and loaded (a load balancer or the tests wait
             // for it); until then the quota counts of earlier runs are not known yet.
             (Method::GET, "/healthz") if !gatehouse_plugins::store::ready() => {
@@ -253,16 +248,10 @@ async fn usage(method: &Method, rest: &str) -> Response<Vec<u8>> {
 
 /// `POST /cache/purge` with `{"host","path"}`, `{"host","prefix"}`, `{"tag"}` or `{"all":true}`.
 async fn purge(session: &mut ServerSession, slash: crate::config::EscapedSlash) -> Response<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = session.read_request_body().await {
-        body.extend_from_slice(&chunk);
-        if body.len() > 64 * 1024 {
-            return json_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "purge request too large", "status": 413}),
-            );
-        }
-    }
+    let body = match read_body(session, 64 * 1024).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let mut req: crate::cache::Purge = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! The file as written by users. `deny_unknown_fields` everywhere: a typo is an error, not
 //! a silently ignored setting. `PartialEq` lets a reload tell what changed.
 
+pub use super::admin::{Admin, AdminToken, Role};
 pub use super::observability::{LogFormat, OtlpProtocol, TracingCfg};
 pub use super::tls::{AcmeCfg, AcmeChallenge, CertCfg, ClientCertMode, Listener, Tls, TlsVersion};
 use super::values::{Cidr, Dur, Secret, Size};
@@ -228,14 +229,6 @@ impl Default for Server {
             tls_handshake_timeout: d_tls_handshake_timeout(),
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Admin {
-    pub addr: String,
-    #[serde(default)]
-    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

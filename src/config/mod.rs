@@ -4,9 +4,11 @@
 //! runtime model. Keeping the two apart lets the file format grow without touching the
 //! hot path.
 
+mod admin;
 mod alerts;
 mod error;
 mod file;
+pub mod managed;
 mod metering;
 mod observability;
 mod tls;

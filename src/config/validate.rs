@@ -224,13 +224,42 @@ fn acme(f: &File, out: &mut Findings) {
 
 fn admin(f: &File, out: &mut Findings) {
     let Some(admin) = &f.admin else { return };
+    admin_tokens(admin, out);
     if let Some(a) = socket_addr("admin.addr", &admin.addr, out) {
-        if !a.ip().is_loopback() && admin.token.is_none() {
+        if !a.ip().is_loopback() && !admin.has_token() {
             out.push((
                 "admin.token".into(),
                 format!("required when admin.addr (`{}`) is not a loopback address", admin.addr),
             ));
         }
+    }
+}
+
+/// Token names are what the audit log records, so they must tell tokens apart; two equal
+/// token values would make the role depend on the order.
+fn admin_tokens(admin: &super::Admin, out: &mut Findings) {
+    let mut names = std::collections::HashSet::new();
+    let mut values = std::collections::HashSet::new();
+    for (i, t) in admin.tokens.iter().enumerate() {
+        if t.name.is_empty() || !t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            out.push((format!("admin.tokens[{i}].name"), "must be letters, digits, - or _".into()));
+        } else if t.name == "admin" && admin.token.is_some() || !names.insert(t.name.as_str()) {
+            out.push((format!("admin.tokens[{i}].name"), format!("`{}` is used twice", t.name)));
+        }
+        if t.token.value.len() < 16 {
+            out.push((format!("admin.tokens[{i}].token"), "must be at least 16 characters".into()));
+        }
+    }
+    for (name, t, _) in admin.all_tokens() {
+        if !values.insert(t.value.as_str()) {
+            out.push(("admin.tokens".into(), format!("token `{name}` has the same value as another token")));
+        }
+    }
+    if admin.ui && !admin.has_token() {
+        out.push((
+            "admin.ui".into(),
+            "the console logs in with a token: set admin.tokens (or admin.token)".into(),
+        ));
     }
 }
 
