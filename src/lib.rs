@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod alloc_count;
 pub mod cache;
 pub mod config;
+pub mod discovery;
 pub mod listen;
 pub mod live;
 pub mod logging;

@@ -127,6 +127,25 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Rebuilds the live snapshot from its own text after DNS discovery changed a target
+    /// set: the same build as a reload (clusters that stay are reused, targets that stay
+    /// keep their state), under the same lock.
+    pub fn rediscover(&self) {
+        let _status = match self.status.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = self.current.load_full();
+        let name = self.path.display().to_string();
+        let built = config::parse_str(&name, &current.text).and_then(|file| Snapshot::build(file, &current.text, &name, Some(&current)));
+        match built {
+            Ok(snap) => self.current.store(Arc::new(snap)),
+            Err(e) => log::error!("discovery: the new targets are not applied, the config no longer builds: {e}"),
+        }
+    }
+}
+
 /// Why a config write changed nothing.
 #[derive(Debug)]
 pub enum WriteError {

@@ -160,6 +160,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if !cli.test {
+        // DNS names answered before the first request is.
+        gatehouse::discovery::prime(&file);
+    }
     let live = match Live::new(&cli.conf, &text, file) {
         Ok(l) => Arc::new(l),
         Err(errors) => {

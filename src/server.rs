@@ -146,6 +146,10 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
         server.add_service(svc);
     }
     server.add_service(background_service("health checks", HealthChecker { live: live.clone() }));
+    server.add_service(background_service(
+        "discovery",
+        crate::discovery::DiscoveryService { live: live.clone() },
+    ));
     server.add_service(background_service("acme", crate::acme::AcmeWorker { live: live.clone() }));
     let live_for_alerts = live.clone();
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));

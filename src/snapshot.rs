@@ -66,6 +66,9 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: Arc<AccessLog>,
+    /// What each upstream asks DNS, as the file declares it (`file.upstreams` holds the
+    /// addresses found).
+    pub discovery: std::collections::BTreeMap<String, Vec<crate::discovery::dns::Query>>,
     /// Admin tokens (resolved), with their names and roles.
     pub admin_tokens: Vec<(String, String, config::Role)>,
     /// The text this snapshot was built from (the main file, with the managed one merged):
@@ -167,8 +170,13 @@ impl Snapshot {
     }
 
     /// Builds the runtime model. `prev` donates unchanged parts; `file_name` is for errors.
-    pub fn build(file: config::File, text: &str, file_name: &str, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    pub fn build(mut file: config::File, text: &str, file_name: &str, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
         let err = |key: String, reason: String| ConfigErrors::one(ConfigError::new(file_name, &key, reason));
+        // Names become the addresses last discovered for them (`crate::discovery`).
+        let discovery = crate::discovery::declared(&file);
+        if !discovery.is_empty() {
+            crate::discovery::apply(&mut file);
+        }
 
         let mut clusters = BTreeMap::new();
         for (name, u) in &file.upstreams {
@@ -334,6 +342,7 @@ impl Snapshot {
                 .map(|(n, t, r)| (n.to_string(), t.value.clone(), r))
                 .collect(),
             text: Arc::from(text),
+            discovery,
             plugin_instances: instances,
             consumers: Arc::new(consumers),
             plans: Arc::new(plans),

@@ -182,6 +182,7 @@ impl Admin {
             "routes": routes,
             "clusters": clusters,
             "metering": crate::metering::status(),
+            "discovery": crate::discovery::status(),
             "certificates": snap.certs.certs.iter().chain(self.live.acme.cert().as_ref()).map(|c| json!({
                 "name": c.name,
                 "hosts": c.hosts,

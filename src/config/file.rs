@@ -286,6 +286,10 @@ pub enum TargetSpec {
         addr: String,
         #[serde(default = "d_weight")]
         weight: u32,
+        /// Lower serves first: a higher one is used only while no target of a lower one
+        /// can take the request (backups; SRV priorities).
+        #[serde(default)]
+        priority: u16,
     },
 }
 
@@ -305,6 +309,12 @@ impl TargetSpec {
             TargetSpec::Weighted { weight, .. } => *weight,
         }
     }
+    pub fn priority(&self) -> u16 {
+        match self {
+            TargetSpec::Addr(_) => 0,
+            TargetSpec::Weighted { priority, .. } => *priority,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -320,7 +330,12 @@ pub enum Balance {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    /// `IP:port` or `host:port` (resolved like `discovery` with `record = "a"`).
+    #[serde(default)]
     pub targets: Vec<TargetSpec>,
+    /// Targets from DNS records instead of (or besides) the listed ones.
+    #[serde(default)]
+    pub discovery: Option<super::discovery::DiscoveryCfg>,
     #[serde(default)]
     pub balance: Balance,
     /// `ip`, `path`, `header:NAME` or `cookie:NAME`; checked in validate.

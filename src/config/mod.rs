@@ -6,6 +6,7 @@
 
 mod admin;
 mod alerts;
+pub mod discovery;
 mod error;
 mod file;
 pub mod managed;

@@ -279,13 +279,20 @@ fn log(f: &File, out: &mut Findings) {
 fn upstreams(f: &File, out: &mut Findings) {
     for (name, u) in &f.upstreams {
         let base = format!("upstreams.{name}");
-        if u.targets.is_empty() {
-            out.push((format!("{base}.targets"), "at least one target is required".into()));
+        if u.targets.is_empty() && u.discovery.is_none() {
+            out.push((format!("{base}.targets"), "at least one target (or discovery) is required".into()));
+        }
+        if let Some(d) = &u.discovery {
+            super::discovery::validate(&format!("{base}.discovery"), d, out);
         }
         let mut seen = BTreeSet::new();
         for (i, t) in u.targets.iter().enumerate() {
             let key = format!("{base}.targets[{i}]");
-            if socket_addr(&key, t.addr(), out).is_some() && !seen.insert(t.addr().to_string()) {
+            if super::discovery::hostname_target(t.addr()).is_some() {
+                if !seen.insert(t.addr().to_string()) {
+                    out.push((key.clone(), format!("duplicate target `{}`", t.addr())));
+                }
+            } else if socket_addr(&key, t.addr(), out).is_some() && !seen.insert(t.addr().to_string()) {
                 out.push((key.clone(), format!("duplicate target `{}`", t.addr())));
             }
             if t.weight() == 0 || t.weight() > 1000 {

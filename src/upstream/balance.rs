@@ -110,6 +110,21 @@ impl Cluster {
 
     /// Picks a target index. `key` is the consistent-hash key when the strategy uses one.
     pub fn select(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
+        if !self.tiered {
+            return self.select_among(key, tried);
+        }
+        // The lowest priority with a target that can take the request; the targets of
+        // every other priority count as tried. Only clusters with priorities pay for it.
+        let best = (0..self.targets.len())
+            .filter(|&i| self.eligible(i, tried))
+            .map(|i| self.targets[i].priority)
+            .min()?;
+        let mut skip = tried.to_vec();
+        skip.extend((0..self.targets.len()).filter(|&i| self.targets[i].priority != best));
+        self.select_among(key, &skip)
+    }
+
+    fn select_among(&self, key: Option<&[u8]>, tried: &[usize]) -> Option<usize> {
         match self.balance {
             Balance::RoundRobin => self.round_robin(tried),
             Balance::Random => self.random(tried),

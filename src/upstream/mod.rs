@@ -22,6 +22,8 @@ pub use balance::HashKey;
 
 pub struct Target {
     pub addr: SocketAddr,
+    /// Lower serves first (`TargetSpec::priority`).
+    pub priority: u16,
     /// Passive outlier detection: failures in a row, ejection deadline (ms on `clock()`,
     /// 0: not ejected), ejections so far (the next one lasts longer).
     failures: AtomicU32,
@@ -133,6 +135,8 @@ pub struct Cluster {
     /// Smooth weighted round-robin order, precomputed so picking is one atomic add.
     schedule: Vec<u32>,
     cursor: AtomicUsize,
+    /// Targets of more than one priority: selection looks at the lowest usable one first.
+    tiered: bool,
     pub retries: u32,
     pub duration: Histogram,
     pub pool: stats::PoolStats,
@@ -167,6 +171,7 @@ impl Cluster {
             METRICS.ejections.with_label_values(&[name, t.addr()]);
             targets.push(Target {
                 addr,
+                priority: t.priority(),
                 failures: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
                 ejections: AtomicU32::new(0),
@@ -198,6 +203,7 @@ impl Cluster {
         Ok(Cluster {
             name: Arc::from(name),
             config: cfg.clone(),
+            tiered: targets.iter().any(|t| t.priority != targets[0].priority),
             schedule: balance::smooth_schedule(&weights),
             cursor: AtomicUsize::new(0),
             hash_key: cfg.hash_on.as_deref().and_then(HashKey::parse),

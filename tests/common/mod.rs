@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod dns;
 pub mod gateway;
 pub mod grpc;
 pub mod load;

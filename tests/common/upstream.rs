@@ -83,7 +83,8 @@ impl Upstream {
         Self::start_on(name, "127.0.0.1:0")
     }
 
-    fn start_on(name: &str, bind: &str) -> Upstream {
+    /// On a given address (`127.0.0.22:0`: another loopback address, as DNS tests need).
+    pub fn start_on(name: &str, bind: &str) -> Upstream {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             behavior: Mutex::new(Behavior::default()),
