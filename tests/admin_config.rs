@@ -286,10 +286,12 @@ fn secrets_are_never_echoed_and_the_audit_log_records_every_write() {
     assert!(!all.contains(ALICE_KEY) && !all.contains(WRITE), "{all}");
     assert!(all.contains("env:VIEWER_TOKEN"), "a reference is shown: {all}");
     let alice = call(&gw, "GET", "/config/consumers/alice", Some(READ), None, None);
-    assert_eq!(alice.json()["keys"][0], "<redacted>");
+    let shown = alice.json()["keys"][0].as_str().unwrap().to_string();
+    assert!(shown.starts_with("<redacted:"), "{shown}");
 
-    // Written back with the marker and a second key: the stored key keeps working.
-    let body = r#"{"keys": ["<redacted>", "bob-new-literal-key-77"], "groups": ["beta"]}"#;
+    // Written back with the marker it was shown and a second key: the stored key keeps working.
+    let body = format!(r#"{{"keys": ["{shown}", "bob-new-literal-key-77"], "groups": ["beta"]}}"#);
+    let body = body.as_str();
     let r = call(&gw, "PUT", "/config/consumers/alice", Some(WRITE), Some(&etag(&gw)), Some(body));
     assert_eq!(r.status, 200, "{}", r.body.clone());
     for key in [ALICE_KEY, "bob-new-literal-key-77"] {
@@ -309,10 +311,19 @@ fn secrets_are_never_echoed_and_the_audit_log_records_every_write() {
         "the deleted route's key_auth is gone"
     );
     assert!(managed(&gw).contains("[deleted]"), "{}", managed(&gw));
+    let again = call(&gw, "DELETE", "/config/routes/private", Some(WRITE), Some(&etag(&gw)), None);
+    assert_eq!(again.status, 404, "deleted twice: {}", again.body);
+    // Dropping the first of two keys keeps the second: markers are matched by fingerprint.
+    let keys = call(&gw, "GET", "/config/consumers/alice", Some(READ), None, None).json()["keys"].clone();
+    let body = format!(r#"{{"keys": [{}]}}"#, keys[1]);
+    assert_eq!(
+        call(&gw, "PUT", "/config/consumers/alice", Some(WRITE), Some(&etag(&gw)), Some(&body)).status,
+        200
+    );
 
     let audit = std::fs::read_to_string(gw.dir.join("audit.jsonl")).expect("audit log");
     let lines: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2, "{audit}");
+    assert_eq!(lines.len(), 3, "{audit}");
     assert_eq!(
         (lines[0]["method"].as_str(), lines[0]["path"].as_str()),
         (Some("PUT"), Some("/config/consumers/alice"))
@@ -365,4 +376,60 @@ fn a_restart_loads_the_managed_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_write_that_cannot_be_recorded_or_would_carry_unseen_edits_is_refused() {
+    let main = Upstream::start("main");
+    let gw = start(&main, "");
+    let body = Some(r#"{"paths": ["/a/"], "upstream": "main"}"#);
+    // The main file edited but not reloaded: the write would apply that edit unseen.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        format!("{text}\n[routes.pending]\npaths = [\"/p/\"]\nupstream = \"main\"\n"),
+    )
+    .unwrap();
+    let r = call(&gw, "PUT", "/config/routes/a", Some(WRITE), Some(&etag(&gw)), body);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(managed(&gw), "");
+    assert_eq!(call(&gw, "POST", "/reload", Some(WRITE), None, Some("{}")).status, 200);
+    assert_eq!(
+        call(&gw, "PUT", "/config/routes/a", Some(WRITE), Some(&etag(&gw)), body).status,
+        201
+    );
+
+    // An audit log that cannot be written: the write is not made.
+    let audit = gw.dir.join("audit.jsonl");
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::create_dir(&audit).unwrap();
+    let tag = etag(&gw);
+    let before = managed(&gw);
+    let r = call(
+        &gw,
+        "PUT",
+        "/config/routes/b",
+        Some(WRITE),
+        Some(&tag),
+        Some(r#"{"paths": ["/b/"], "upstream": "main"}"#),
+    );
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(r.body.contains("audit log"), "{}", r.body);
+    assert_eq!((etag(&gw), managed(&gw)), (tag, before));
+
+    // A secret named as a FIFO is refused at once instead of blocking the admin API.
+    let fifo = gw.dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let v = format!(
+        r#"{{"section": "consumers", "name": "f", "value": {{"keys": ["file:{}"]}}}}"#,
+        fifo.display()
+    );
+    let r = call(&gw, "POST", "/config/validate", Some(WRITE), None, Some(&v));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("not a regular file"), "{}", r.body);
+    assert_eq!(call(&gw, "GET", "/status", Some(READ), None, None).status, 200);
+    // Names are what the console allows, whatever the client.
+    let r = call(&gw, "GET", "/config/routes/bad%0Aname", Some(READ), None, None);
+    assert_eq!(r.status, 404);
 }

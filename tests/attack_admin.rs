@@ -34,8 +34,14 @@ level = "warn"
 
 const RESPOND: &str = "[routes.r]\n[routes.r.plugins.respond]\nbody = \"hi\"\n";
 
+/// As curl sends it: the admin address as Host (a tokenless admin API answers only a
+/// loopback Host).
 fn admin(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> common::Response {
-    request(&gw.admin, method, path, headers, if method == "POST" { Some("{}") } else { None })
+    let mut h = headers.to_vec();
+    if !h.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        h.push(("Host", &gw.admin));
+    }
+    request(&gw.admin, method, path, &h, if method == "POST" { Some("{}") } else { None })
 }
 
 #[test]
@@ -43,6 +49,9 @@ fn state_changing_admin_calls_need_the_token_and_json() {
     // No token configured: reads work on loopback, writes are refused.
     let gw = Gateway::start_raw(&full(None, "", RESPOND), &[]);
     assert_eq!(admin(&gw, "GET", "/status", &[]).status, 200);
+    // A page whose DNS name was rebound to 127.0.0.1 sends its own name as Host.
+    let rebound = admin(&gw, "GET", "/status", &[("Host", "attacker.example:9901")]);
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
     for path in ["/reload", "/cache/purge", "/usage/acme/reset"] {
         let r = admin(&gw, "POST", path, &[("Content-Type", "application/json")]);
         assert_eq!(r.status, 403, "{path} without a configured token: {}", r.body);

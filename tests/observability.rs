@@ -142,8 +142,14 @@ fn admin_without_token_is_open_on_loopback() {
         &[],
     );
     assert_eq!(common::get(&gw.admin, "/healthz").status, 200);
-    assert_eq!(common::get(&gw.admin, "/status").status, 200);
-    assert_eq!(common::get(&gw.admin, "/nothing").status, 404);
+    let host = [("Host", gw.admin.as_str())];
+    assert_eq!(request(&gw.admin, "GET", "/status", &host, None).status, 200);
+    assert_eq!(request(&gw.admin, "GET", "/nothing", &host, None).status, 404);
+    assert_eq!(
+        common::get(&gw.admin, "/status").status,
+        403,
+        "a Host that is not loopback, and no token"
+    );
 }
 
 /// The benchmark's allocations per request: counted only when asked for at start, and the

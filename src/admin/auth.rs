@@ -47,6 +47,14 @@ pub fn authorize(tokens: &[(String, String, Role)], req: &RequestHeader) -> Resu
     }
     let write = changes_state(&req.method);
     if tokens.is_empty() {
+        // Without a token only the loopback address answers reads; a page on another site
+        // that rebinds its DNS name to 127.0.0.1 would still send its own name as Host.
+        if !loopback_host(req) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "without an admin token, only a loopback Host may call the admin API",
+            ));
+        }
         return if write {
             Err((
                 StatusCode::FORBIDDEN,
@@ -63,7 +71,9 @@ pub fn authorize(tokens: &[(String, String, Role)], req: &RequestHeader) -> Resu
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .unwrap_or("");
     // Every token is compared, so the time does not tell which one came close.
     let mut found = None;
@@ -88,7 +98,8 @@ pub fn authorize(tokens: &[(String, String, Role)], req: &RequestHeader) -> Resu
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
+        // DELETE carries no body; a cross-site page cannot send one without a preflight.
+        if !json && req.method != Method::DELETE {
             return Err((
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "state-changing admin calls need Content-Type: application/json",
@@ -99,6 +110,15 @@ pub fn authorize(tokens: &[(String, String, Role)], req: &RequestHeader) -> Resu
         }
     }
     Ok(caller)
+}
+
+fn loopback_host(req: &RequestHeader) -> bool {
+    let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A browser names the page that sent a request in `Origin`; only the console itself,
@@ -151,6 +171,14 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert!(authorize(&t, &req("GET", "/ui/console.js", &[])).is_ok());
+    }
+
+    #[test]
+    fn without_tokens_only_a_loopback_host_may_read() {
+        assert!(authorize(&[], &req("GET", "/config", &[("host", "127.0.0.1:9901")])).is_ok());
+        assert!(authorize(&[], &req("GET", "/config", &[("host", "localhost:9901")])).is_ok());
+        let rebound = authorize(&[], &req("GET", "/config", &[("host", "attacker.example:9901")]));
+        assert_eq!(rebound.err().unwrap().0, StatusCode::FORBIDDEN);
     }
 
     #[test]

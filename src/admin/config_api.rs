@@ -35,7 +35,17 @@ pub fn entry_path(rest: &str) -> Option<(&'static str, String)> {
     let (section, name) = rest.split_once('/')?;
     let section = SECTIONS.iter().copied().find(|s| *s == section)?;
     let name = percent_encoding::percent_decode_str(name).decode_utf8().ok()?.into_owned();
-    (!name.is_empty() && !name.contains('/')).then_some((section, name))
+    valid_name(&name).then_some((section, name))
+}
+
+/// What the console allows, enforced here: names end up in metric labels, log lines and
+/// TOML keys.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// `GET /config`.
@@ -120,44 +130,68 @@ fn to_table(v: &Value, path: &str) -> Result<toml_edit::Table, WriteError> {
     }
 }
 
+/// The table `key` of `doc` as a real table (an inline one is converted), created when
+/// missing; a hand-edited managed file where it is something else is refused.
+fn table_of<'a>(doc: &'a mut toml_edit::Table, key: &str, shown: &str) -> Result<&'a mut toml_edit::Table, WriteError> {
+    if !doc.contains_key(key) {
+        let mut t = toml_edit::Table::new();
+        t.set_implicit(true);
+        doc.insert(key, toml_edit::Item::Table(t));
+    }
+    let item = doc.get_mut(key).ok_or_else(|| WriteError::Io(format!("{shown}: lost")))?;
+    if let toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) = item {
+        let t = std::mem::take(t).into_table();
+        *item = toml_edit::Item::Table(t);
+    }
+    item.as_table_mut()
+        .ok_or_else(|| WriteError::Edit(409, format!("the managed file's `{shown}` is not a table: fix the file by hand")))
+}
+
 fn apply(doc: &mut toml_edit::DocumentMut, main: &toml::Table, section: &str, name: &str, edit: Edit) -> Result<(), WriteError> {
     let in_main = main.get(section).and_then(|s| s.get(name)).is_some();
-    let deleted = |doc: &mut toml_edit::DocumentMut, add: bool| {
-        if !doc.contains_key("deleted") {
-            doc["deleted"] = toml_edit::table();
+    let root = doc.as_table_mut();
+    let deleted_before = root
+        .get("deleted")
+        .and_then(|d| d.get(section))
+        .and_then(|l| l.as_array())
+        .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(name)));
+    let in_managed = root.get(section).and_then(|s| s.get(name)).is_some();
+    let set_deleted = |root: &mut toml_edit::Table, add: bool| -> Result<(), WriteError> {
+        let deleted = table_of(root, "deleted", "deleted")?;
+        let list = deleted
+            .entry(section)
+            .or_insert(toml_edit::value(toml_edit::Array::new()))
+            .as_array_mut()
+            .ok_or_else(|| {
+                WriteError::Edit(
+                    409,
+                    format!("the managed file's `deleted.{section}` is not a list: fix the file by hand"),
+                )
+            })?;
+        list.retain(|v| v.as_str() != Some(name));
+        if add {
+            list.push(name);
         }
-        let list = doc["deleted"][section].or_insert(toml_edit::value(toml_edit::Array::new()));
-        if let Some(a) = list.as_array_mut() {
-            a.retain(|v| v.as_str() != Some(name));
-            if add {
-                a.push(name);
-            }
-        }
+        Ok(())
     };
     match edit {
         Edit::Put(v) => {
             let mut t = to_table(&v, &format!("{section}.{name}"))?;
             t.set_implicit(false);
-            if !doc.contains_key(section) {
-                let mut s = toml_edit::Table::new();
-                s.set_implicit(true);
-                doc[section] = toml_edit::Item::Table(s);
-            }
-            doc[section][name] = toml_edit::Item::Table(t);
-            if doc.get("deleted").and_then(|d| d.get(section)).is_some() {
-                deleted(doc, false);
+            table_of(root, section, section)?.insert(name, toml_edit::Item::Table(t));
+            if deleted_before {
+                set_deleted(root, false)?;
             }
         }
         Edit::Delete => {
-            let in_managed = doc.get(section).and_then(|s| s.get(name)).is_some();
-            if !in_managed && !in_main {
+            if !in_managed && (!in_main || deleted_before) {
                 return Err(WriteError::Edit(404, format!("{section}.{name} is not defined")));
             }
-            if let Some(s) = doc.get_mut(section).and_then(|s| s.as_table_like_mut()) {
-                s.remove(name);
+            if in_managed {
+                table_of(root, section, section)?.remove(name);
             }
             if in_main {
-                deleted(doc, true);
+                set_deleted(root, true)?;
             }
         }
     }
@@ -201,17 +235,46 @@ fn write_error(e: WriteError) -> Response<Vec<u8>> {
     }
 }
 
+/// What the audit log records of a write.
+struct Audit<'a> {
+    caller: &'a Caller,
+    method: String,
+    path: String,
+}
+
 async fn run(
     admin: &Admin,
     if_match: Option<String>,
-    dry_run: bool,
+    audit: Option<Audit<'_>>,
     section: &'static str,
     name: String,
     edit: Edit,
 ) -> Result<Written, WriteError> {
     let live = admin.live.clone();
+    let dry_run = audit.is_none();
+    // The record is written inside the write, before the managed file is replaced: an
+    // acknowledged change is always on record.
+    let record = audit.map(|a| (super::audit::path(admin), a.caller.name.clone(), a.method, a.path));
+    let entry = name.clone();
     tokio::task::spawn_blocking(move || {
-        live.write_managed(if_match.as_deref(), dry_run, |doc, main| apply(doc, main, section, &name, edit))
+        live.write_managed(
+            if_match.as_deref(),
+            dry_run,
+            |doc, main| apply(doc, main, section, &name, edit),
+            |w| {
+                let Some((target, token, method, path)) = &record else {
+                    return Ok(());
+                };
+                let diff = unified(
+                    &entry_toml(&w.before.text, section, &entry),
+                    &entry_toml(&w.text, section, &entry),
+                    "before",
+                    "after",
+                );
+                super::audit::append(target.as_deref(), token, method, path, &w.before.hash, &w.hash, &diff)
+                    .map_err(|e| WriteError::Io(format!("the audit log cannot record the write, so it is not made: {e}")))
+            },
+        )
     })
     .await
     .map_err(|e| WriteError::Io(format!("write task failed: {e}")))?
@@ -250,13 +313,19 @@ pub async fn write(admin: &Admin, session: &mut ServerSession, caller: &Caller, 
         }
     };
     let existed = table(&admin.live.load().text).get(section).and_then(|s| s.get(&name)).is_some();
-    match run(admin, Some(tag), false, section, name.clone(), edit).await {
+    let audit = Audit {
+        caller,
+        method: method.to_string(),
+        path: session.req_header().uri.path().to_string(),
+    };
+    match run(admin, Some(tag), Some(audit), section, name.clone(), edit).await {
         Ok(w) => {
-            let before = entry_toml(&w.before.text, section, &name);
-            let after = entry_toml(&w.text, section, &name);
-            let diff = unified(&before, &after, "before", "after");
-            let path = session.req_header().uri.path().to_string();
-            super::audit::record(admin, caller, method.as_str(), &path, &w.before.hash, &w.hash, &diff);
+            let diff = unified(
+                &entry_toml(&w.before.text, section, &name),
+                &entry_toml(&w.text, section, &name),
+                "before",
+                "after",
+            );
             let status = if method == http::Method::PUT && !existed {
                 StatusCode::CREATED
             } else {
@@ -291,14 +360,11 @@ pub async fn validate(admin: &Admin, session: &mut ServerSession) -> Response<Ve
         .get("section")
         .and_then(Value::as_str)
         .and_then(|s| SECTIONS.iter().copied().find(|x| *x == s));
-    let name = req
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && !n.contains('/'));
+    let name = req.get("name").and_then(Value::as_str).filter(|n| valid_name(n));
     let (Some(section), Some(name)) = (section, name) else {
         return json_reply(
             StatusCode::BAD_REQUEST,
-            json!({"error": format!("give `section` (one of {}) and `name`", SECTIONS.join(", ")), "status": 400}),
+            json!({"error": format!("give `section` (one of {}) and `name` (letters, digits, `.`, `-`, `_`)", SECTIONS.join(", ")), "status": 400}),
         );
     };
     let edit = if req.get("delete").and_then(Value::as_bool) == Some(true) {
@@ -312,7 +378,7 @@ pub async fn validate(admin: &Admin, session: &mut ServerSession) -> Response<Ve
         }
         Edit::Put(v)
     };
-    match run(admin, None, true, section, name.to_string(), edit).await {
+    match run(admin, None, None, section, name.to_string(), edit).await {
         Ok(w) => {
             let diff = unified(
                 &entry_toml(&w.before.text, section, name),

@@ -80,7 +80,7 @@ impl ServeHttp for Admin {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let ui = snap.file.admin.as_ref().is_some_and(|a| a.ui);
-        match (method, path.as_str()) {
+        let response = match (method.clone(), path.as_str()) {
             (Method::GET, p) if ui && (p == "/ui" || p.starts_with("/ui/")) => ui::serve(p),
             (Method::GET, "/session") => json_reply(
                 StatusCode::OK,
@@ -140,7 +140,13 @@ impl ServeHttp for Admin {
             }
             (m, p) if p.starts_with("/usage/") => usage(&m, &p["/usage/".len()..]).await,
             _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found", "status": 404})),
+        };
+        // Config writes record themselves before they are made; the other state-changing
+        // calls are recorded once they succeeded.
+        if method == Method::POST && response.status().is_success() && !path.starts_with("/config/") {
+            audit::record_call(self, &caller, method.as_str(), &path, &snap.hash);
         }
+        response
     }
 }
 

@@ -159,7 +159,8 @@ impl Gateway {
             &self.admin,
             "GET",
             path,
-            &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            // As curl sends it: without a token the admin API answers only a loopback Host.
+            &[("Authorization", &format!("Bearer {ADMIN_TOKEN}")), ("Host", &self.admin)],
             None,
         )
     }
@@ -173,6 +174,7 @@ impl Gateway {
             &[
                 ("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
                 ("Content-Type", "application/json"),
+                ("Host", &self.admin),
             ],
             Some(body),
         )

@@ -13,6 +13,7 @@ import pathlib
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 
 from playwright.sync_api import expect, sync_playwright
@@ -118,6 +119,19 @@ def main():
         expect(page.locator("#result")).to_contain_text("Saved route from-console", timeout=WAIT)
         out = subprocess.run(["curl", "-sS", "-m", "5", f"http://{PROXY}/console/hello"], capture_output=True, text=True)
         assert out.stdout == "main", f"curl through the new route: {out.stdout!r} {out.stderr!r}"
+
+        # Deleted through its form (the confirmation accepted): gone from the config.
+        page.on("dialog", lambda d: d.accept())
+        page.get_by_role("link", name="Routes").click()
+        page.get_by_role("link", name="Edit from-console").click()
+        page.get_by_role("button", name="Delete").click()
+        expect(page.locator("#result")).to_contain_text("Deleted route from-console", timeout=WAIT)
+        req = urllib.request.Request(f"http://{ADMIN}/config/routes/from-console", headers={"authorization": f"Bearer {READ}"})
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            raise AssertionError("the deleted route is still in the config")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404, f"GET of the deleted route: {e.code}"
 
         # An invalid form: the error appears next to the field it names.
         page.get_by_role("link", name="Routes").click()

@@ -29,7 +29,7 @@ function svgEl(tag, attrs) {
 
 async function api(path, opts = {}) {
   const headers = Object.assign({ authorization: "Bearer " + state.token }, opts.headers || {});
-  if (opts.body !== undefined) headers["content-type"] = "application/json";
+  if ((opts.method || "GET") !== "GET") headers["content-type"] = "application/json";
   const r = await fetch(path, { method: opts.method || "GET", headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body) });
   const type = r.headers.get("content-type") || "";
   const data = type.includes("json") ? await r.json().catch(() => ({})) : await r.text();
@@ -290,15 +290,20 @@ const SINGULAR = { routes: "route", upstreams: "upstream", consumers: "consumer"
 
 async function editor(section, name) {
   const cfg = await api("/config");
-  const etag = cfg.etag;
+  let etag = cfg.etag;
   const current = name ? (cfg.data.config?.[section] || {})[name] || {} : {};
-  const fields = FORMS[section];
-  const rest = Object.fromEntries(Object.entries(current).filter(([k]) => !fields.some((f) => f.key === k)));
+
+  // A list field shows strings one per line; a list of tables (weighted targets) stays
+  // in "Other keys" as JSON, where it can be edited without losing its fields.
+  const plain = (f) => !f.list || (current[f.key] || []).every((x) => typeof x === "string");
+  const formFields = FORMS[section].filter(plain);
+  const rest = Object.fromEntries(Object.entries(current).filter(([k]) => !formFields.some((f) => f.key === k)));
   const inputs = {};
   const errors = {};
   const general = el("p", { class: "field-error", id: "err-general", role: "alert" });
   const diff = el("pre", { class: "diff", id: "diff", hidden: true, "aria-label": "Changes" });
   const result = el("p", { class: "status", id: "result", role: "status", hidden: true });
+  const fields = formFields;
   const fieldNodes = fields.map((f) => {
     const id = "f-" + f.key;
     errors[f.key] = el("p", { class: "field-error", id: "err-" + f.key, role: "alert" });
@@ -383,6 +388,7 @@ async function editor(section, name) {
     if (r.status === 422) { save.hidden = true; return showErrors(r.data.errors || [{ key: "", reason: r.data.error }]); }
     if (r.status === 412) { general.textContent = "The config changed since this form opened: reopen it to see the latest."; return; }
     if (!r.ok) { general.textContent = r.data.error || "Save failed: " + r.status; return; }
+    if (r.etag) etag = r.etag;
     result.textContent = `Saved ${SINGULAR[section]} ${nameInput.value}: config ${r.data.hash} is serving.`;
     result.hidden = false;
     save.hidden = true;
@@ -394,6 +400,7 @@ async function editor(section, name) {
     const r = await api(`/config/${section}/${encodeURIComponent(name)}`, { method: "DELETE", headers: { "if-match": etag } });
     if (r.status === 422) return showErrors(r.data.errors || []);
     if (!r.ok) { general.textContent = r.data.error || "Delete failed: " + r.status; return; }
+    if (r.etag) etag = r.etag;
     result.textContent = `Deleted ${SINGULAR[section]} ${name}.`;
     result.hidden = false;
   }

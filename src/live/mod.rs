@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+mod write;
+pub use write::{WriteError, Written};
+
 /// What `/status` shows about reloads.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ReloadStatus {
@@ -28,8 +31,14 @@ pub struct Live {
     current: ArcSwap<Snapshot>,
     /// The sections the process was started with; changing them needs an upgrade.
     boot: config::File,
-    /// Serializes reloads (SIGHUP, admin, file watch) and holds what /status reports.
+    /// Serializes reloads (SIGHUP, admin, file watch), config writes and rediscovery.
+    serial: Mutex<()>,
+    /// What /status reports; held only to copy or update it, so a slow reload never
+    /// blocks a status read.
     status: Mutex<ReloadStatus>,
+    /// FNV-1a of the main file's text the serving snapshot was built from: a config write
+    /// refuses to carry along edits of the file that were not reloaded.
+    main_seen: Mutex<String>,
     /// The ACME certificate and open challenges (outside the snapshot: reloads keep them).
     pub acme: Arc<crate::acme::AcmeState>,
 }
@@ -47,7 +56,9 @@ impl Live {
         Ok(Live {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(snap),
+            serial: Mutex::new(()),
             status: Mutex::new(ReloadStatus::default()),
+            main_seen: Mutex::new(main_hash(path)),
             acme: Arc::new(crate::acme::AcmeState::new(file.tls.acme.is_some())),
             boot: file,
         })
@@ -63,17 +74,15 @@ impl Live {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        lock(&self.status).clone()
     }
 
     /// Re-reads the file and swaps in the new snapshot, or changes nothing and says why.
     pub fn reload(&self) -> Result<Reloaded, Vec<String>> {
-        let mut status = match self.status.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        status.last_attempt = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        let _serial = lock(&self.serial);
         let result = self.try_reload();
+        let mut status = lock(&self.status);
+        status.last_attempt = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
         match &result {
             Ok(r) => {
                 status.last_error.clear();
@@ -106,6 +115,7 @@ impl Live {
     fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
         let name = self.path.display().to_string();
         let text = std::fs::read_to_string(&self.path).map_err(|e| vec![format!("{name}: cannot read file: {e}")])?;
+        let main_seen = text_hash(&text);
         let text = config::managed::effective(&self.path, &text)
             .map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?
             .text;
@@ -119,6 +129,7 @@ impl Live {
             crate::logging::set_level(&snap.file.log.level);
             self.current.store(Arc::new(snap));
         }
+        *lock(&self.main_seen) = main_seen;
         Ok(Reloaded {
             hash: self.current.load().hash.clone(),
             changed,
@@ -127,107 +138,18 @@ impl Live {
     }
 }
 
-impl Live {
-    /// Rebuilds the live snapshot from its own text after DNS discovery changed a target
-    /// set: the same build as a reload (clusters that stay are reused, targets that stay
-    /// keep their state), under the same lock.
-    pub fn rediscover(&self) {
-        let _status = match self.status.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let current = self.current.load_full();
-        let name = self.path.display().to_string();
-        let built = config::parse_str(&name, &current.text).and_then(|file| Snapshot::build(file, &current.text, &name, Some(&current)));
-        match built {
-            Ok(snap) => self.current.store(Arc::new(snap)),
-            Err(e) => log::error!("discovery: the new targets are not applied, the config no longer builds: {e}"),
-        }
-    }
+/// A lock that outlives a panic of its holder: what it guards stays consistent (every
+/// holder writes whole values).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Why a config write changed nothing.
-#[derive(Debug)]
-pub enum WriteError {
-    /// `admin.managed` is not set: there is nowhere to persist a write.
-    NoManaged,
-    /// The `If-Match` ETag is not the serving config's; holds the current one.
-    Stale(String),
-    /// The edit itself is malformed (names no entry, or cannot become TOML).
-    Edit(u16, String),
-    /// The config the write would make is refused, as `-t` would refuse it.
-    Invalid(Vec<config::ConfigError>),
-    Io(String),
+fn text_hash(text: &str) -> String {
+    crate::snapshot::text_hash(text)
 }
 
-/// A config write that was applied (or, for a dry run, would be).
-pub struct Written {
-    pub before: Arc<Snapshot>,
-    /// The effective text after the write.
-    pub text: String,
-    pub hash: String,
-}
-
-impl Live {
-    /// Applies `edit` to the managed file and swaps in the result, or changes nothing.
-    ///
-    /// Runs under the reload lock, so a write and a reload never interleave. The new
-    /// config is built completely (the same parse, validation and snapshot build as a
-    /// reload) before the managed file is replaced atomically and the snapshot swapped.
-    /// The main file is read afresh: an edit not yet reloaded there takes effect too,
-    /// as it would with a reload.
-    pub fn write_managed(
-        &self,
-        if_match: Option<&str>,
-        dry_run: bool,
-        edit: impl FnOnce(&mut toml_edit::DocumentMut, &toml::Table) -> Result<(), WriteError>,
-    ) -> Result<Written, WriteError> {
-        let mut status = match self.status.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let before = self.current.load_full();
-        if let Some(tag) = if_match {
-            if tag != before.hash {
-                return Err(WriteError::Stale(before.hash.clone()));
-            }
-        }
-        let name = self.path.display().to_string();
-        let bad = |reason: String| WriteError::Invalid(vec![config::ConfigError::new(&name, "", reason)]);
-        let main_text = std::fs::read_to_string(&self.path).map_err(|e| bad(format!("cannot read file: {e}")))?;
-        let main: toml::Table = main_text.parse().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
-        let path = config::managed::managed_path(&self.path, &main).ok_or(WriteError::NoManaged)?;
-        let old = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(WriteError::Io(format!("{}: {e}", path.display()))),
-        };
-        let mut doc: toml_edit::DocumentMut = old
-            .parse()
-            .map_err(|e| WriteError::Invalid(vec![config::ConfigError::new(&path.display().to_string(), "", format!("{e}"))]))?;
-        edit(&mut doc, &main)?;
-        let managed_text = doc.to_string();
-        let text = config::managed::merged_text(&main_text, main, &path, &managed_text).map_err(|e| WriteError::Invalid(e.0))?;
-        let file = config::parse_str(&name, &text).map_err(|e| WriteError::Invalid(e.0))?;
-        let snap = Snapshot::build(file, &text, &name, Some(&before)).map_err(|e| WriteError::Invalid(e.0))?;
-        let hash = snap.hash.clone();
-        if dry_run {
-            return Ok(Written { before, text, hash });
-        }
-        config::managed::write_atomic(&path, &managed_text).map_err(|e| WriteError::Io(format!("{}: {e}", path.display())))?;
-        crate::logging::set_level(&snap.file.log.level);
-        self.current.store(Arc::new(snap));
-        status.last_attempt = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
-        status.last_error.clear();
-        status.reloads += 1;
-        METRICS.reloads.with_label_values(&["ok"]).inc();
-        log::info!(
-            "config changed through the admin API (hash {} -> {hash}), written to {}",
-            before.hash,
-            path.display()
-        );
-        Ok(Written { before, text, hash })
-    }
+fn main_hash(path: &Path) -> String {
+    std::fs::read_to_string(path).map(|t| text_hash(&t)).unwrap_or_default()
 }
 
 /// Sections that are bound at start (sockets, threads, paths): a reload cannot apply them,
