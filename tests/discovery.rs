@@ -125,6 +125,15 @@ fn a_dead_dns_server_keeps_the_last_good_targets() {
     wait_until(WAIT, "a failed DNS round", || gw.metric(failures) >= 1.0);
     assert_eq!(counts(&gw, 20), HashMap::from([("200 a".to_string(), 20)]), "the last set serves");
     assert!(discovered(&gw, "api")["last_error"].is_string());
+    // Up but failing (REFUSED for everything): still a failure, not "no such name".
+    dns.refuse_all();
+    let before = gw.metric(failures);
+    wait_until(WAIT, "a refused DNS round", || gw.metric(failures) > before);
+    assert_eq!(
+        counts(&gw, 20),
+        HashMap::from([("200 a".to_string(), 20)]),
+        "REFUSED keeps the last set"
+    );
     // Back, with a new record: picked up again.
     dns.restart();
     dns.set_hosts("127.0.0.22 api.svc.test\n");
@@ -213,4 +222,39 @@ fn a_hostname_target_is_resolved_and_a_bad_table_is_refused() {
     for key in ["upstreams.u.discovery.port", "upstreams.u.discovery.resolvers"] {
         assert!(err.contains(key), "{key} not named in: {err}");
     }
+}
+
+#[test]
+fn a_table_beside_a_hostname_target_and_a_reload_that_changes_the_table() {
+    let dir = common::gateway::test_dir();
+    let (_a, _b, port) = pair();
+    let named = Upstream::start("named");
+    let nport = named.addr.rsplit_once(':').unwrap().1.to_string();
+    let mut dns = Dns::start(&dir, "127.0.0.21 api.svc.test\n", &[]);
+    let resolver = dns.addr.clone();
+    // The table's 200ms-2s and the host target's 5s-300s do not overlap: the gateway must
+    // still start and resolve both (it once panicked clamping to an empty range).
+    let body = |max: &str| {
+        format!(
+            r#"
+[upstreams.api]
+targets = ["localhost:{nport}"]
+discovery = {{ type = "dns", name = "api.svc.test", port = {port}, resolvers = ["{}"], min_ttl = "200ms", max_ttl = "{max}" }}
+retries = 1
+[routes.api]
+paths = ["/"]
+upstream = "api"
+"#,
+            resolver
+        )
+    };
+    let gw = Gateway::start(&body("2s"));
+    let c = counts(&gw, 30);
+    assert!(c.contains_key("200 a") && c.contains_key("200 named"), "{c:?}");
+    // DNS down, and a reload that changes the table: the last answer keeps serving.
+    dns.stop();
+    gw.write_config(&body("3s"));
+    assert_eq!(gw.reload().status, 200);
+    let c = counts(&gw, 30);
+    assert!(c.contains_key("200 a"), "the reload emptied the discovered targets: {c:?}");
 }

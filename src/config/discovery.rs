@@ -84,7 +84,14 @@ pub fn hostname_target(addr: &str) -> Option<(&str, u16)> {
     }
     let (host, port) = addr.rsplit_once(':')?;
     let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
-    (is_dns_name(host) && host.parse::<std::net::IpAddr>().is_err()).then_some((host, port))
+    // `10.0.0.256` is a mistyped address, not a name to look up (no top-level domain is
+    // all digits).
+    let numeric = host
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    (is_dns_name(host) && !numeric && host.parse::<std::net::IpAddr>().is_err()).then_some((host, port))
 }
 
 pub fn validate(base: &str, d: &DiscoveryCfg, out: &mut Vec<(String, String)>) {

@@ -105,7 +105,10 @@ pub fn apply(file: &mut config::File) {
             continue;
         }
         let mut targets: Vec<TargetSpec> = u.targets.iter().filter(|t| hostname_target(t.addr()).is_none()).cloned().collect();
-        if let Some(found) = st.get(name).filter(|e| e.queries == q).and_then(|e| e.targets.as_ref()) {
+        // A reload that changed the questions (TTL bounds, resolvers, weights) keeps the
+        // last answer until the next round, due at once, replaces it: better than an
+        // empty cluster meanwhile.
+        if let Some(found) = st.get(name).and_then(|e| e.targets.as_ref()) {
             for t in found {
                 if !targets.iter().any(|x| x.addr() == t.addr()) {
                     targets.push(t.clone());
@@ -125,8 +128,11 @@ async fn round(q: &[Query]) -> Result<(Vec<TargetSpec>, Instant), String> {
         expires = expires.min(a.expires);
         all.extend(a.targets);
     }
-    // The same order for the same records, so an unchanged answer is seen as unchanged.
-    all.sort_by(|a, b| a.addr().cmp(b.addr()));
+    // The same order for the same records, so an unchanged answer is seen as unchanged;
+    // an address given twice keeps its lowest priority, then its largest weight.
+    all.sort_by(|a, b| {
+        (a.addr(), a.priority(), std::cmp::Reverse(a.weight())).cmp(&(b.addr(), b.priority(), std::cmp::Reverse(b.weight())))
+    });
     all.dedup_by(|a, b| a.addr() == b.addr());
     Ok((all, expires))
 }
@@ -135,14 +141,22 @@ fn bounds(q: &[Query]) -> (Duration, Duration) {
     q.iter()
         .map(|x| match x {
             Query::Table(d) => (d.min_ttl.0, d.max_ttl.0),
-            Query::Host { .. } => (Duration::from_secs(5), Duration::from_secs(300)),
+            Query::Host { .. } => dns::HOST_TTL,
         })
         .fold((Duration::ZERO, Duration::MAX), |(lo, hi), (a, b)| (lo.max(a), hi.min(b)))
 }
 
+/// `bounds` of questions whose ranges do not overlap (a table's 200ms-2s beside a host
+/// target's 5s-300s): the upper bound wins over the lower, so a round is never later
+/// than any question's `max_ttl`.
+fn clamp_ttl(ttl: Duration, (lo, hi): (Duration, Duration)) -> Duration {
+    ttl.max(lo.min(hi)).min(hi)
+}
+
 /// Resolves `name`'s questions once and records the outcome; whether the targets changed.
 async fn refresh(name: &str, q: Vec<Query>) -> bool {
-    let (min_ttl, max_ttl) = bounds(&q);
+    let range = bounds(&q);
+    let min_ttl = range.0.min(range.1);
     let result = round(&q).await;
     let now = Instant::now();
     let mut st = state();
@@ -153,13 +167,11 @@ async fn refresh(name: &str, q: Vec<Query>) -> bool {
         last_success: None,
         last_error: None,
     });
-    if e.queries != q {
-        e.queries = q;
-        e.targets = None;
-    }
+    // New questions keep the last answer until one of theirs succeeds.
+    e.queries = q;
     match result {
         Ok((targets, expires)) => {
-            let ttl = expires.saturating_duration_since(now).clamp(min_ttl, max_ttl);
+            let ttl = clamp_ttl(expires.saturating_duration_since(now), range);
             e.due = now + ttl;
             e.last_success = Some(SystemTime::now());
             e.last_error = None;
@@ -250,7 +262,7 @@ impl BackgroundService for DiscoveryService {
             {
                 let mut st = state();
                 // Upstreams a reload removed are forgotten.
-                st.retain(|name, _| snap.file.upstreams.contains_key(name));
+                st.retain(|name, _| snap.discovery.contains_key(name));
                 for (name, q) in &snap.discovery {
                     match st.get(name) {
                         Some(e) if e.queries == *q && e.due > now => {}

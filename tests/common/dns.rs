@@ -29,7 +29,8 @@ impl Dns {
             "--no-resolv".into(),
             "--no-hosts".into(),
             "--local=/test/".into(),
-            "--local-ttl=1".into(),
+            // Longer than the tests' max_ttl: rounds follow max_ttl, not the TTL.
+            "--local-ttl=60".into(),
             "--user=root".into(),
             format!("--addn-hosts={}", hosts_file.display()),
             format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
@@ -83,6 +84,17 @@ impl Dns {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// The same port answering every question with REFUSED (no records of its own, no
+    /// upstream servers): a server that is up but failing.
+    pub fn refuse_all(&mut self) {
+        self.stop();
+        let keep = |a: &String| !a.starts_with("--addn-hosts") && !a.starts_with("--local=") && !a.starts_with("--srv-host");
+        let saved = std::mem::take(&mut self.args);
+        self.args = saved.iter().filter(|a| keep(a)).cloned().collect();
+        self.spawn();
+        self.args = saved;
     }
 }
 
