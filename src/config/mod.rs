@@ -13,6 +13,7 @@ pub mod managed;
 mod metering;
 mod observability;
 mod tls;
+mod upstream;
 mod validate;
 pub mod values;
 
