@@ -9,6 +9,7 @@ pub mod alloc_count;
 pub mod cache;
 pub mod config;
 pub mod discovery;
+pub mod fleet;
 pub mod listen;
 pub mod live;
 pub mod logging;

@@ -49,11 +49,40 @@ enum Command {
         #[command(subcommand)]
         action: AlertsAction,
     },
+    /// Fleet config: `config push` writes a shared config to etcd.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
 enum AlertsAction {
     ExportRules,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ConfigAction {
+    /// Validate a shared config as `-t` would and write it to etcd by compare-and-swap on
+    /// the revision read; prints the new revision.
+    Push {
+        /// The shared document (TOML, without node-only tables).
+        #[arg(short = 'c', long = "conf")]
+        file: PathBuf,
+        /// etcd endpoints (repeat or separate with commas).
+        #[arg(long = "etcd", value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        #[arg(long = "key", default_value = "/gatehouse/config")]
+        key: String,
+        /// Write only if the key is at this revision (0: does not exist yet).
+        #[arg(long = "expect-revision")]
+        expect_revision: Option<i64>,
+        /// A node file to check the joined config with.
+        #[arg(long = "node")]
+        node: Option<PathBuf>,
+        #[arg(long = "timeout", default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// An admin API without a token can change nothing (reload, purge, usage reset refuse),
@@ -66,6 +95,22 @@ fn admin_warning(file: &config::File) -> Option<String> {
             admin.addr
         )
     })
+}
+
+/// Fleet text and the warning of a start from the cache.
+type Fleet = Option<(gatehouse::fleet::FleetText, Option<String>)>;
+
+/// The config a start serves and `-t` checks: the file with the API's writes
+/// (`admin.managed`) merged over it, or in fleet mode the file joined to the shared
+/// document from etcd (or its cache).
+fn load(path: &std::path::Path, name: &str, text: String) -> Result<(config::File, String, Fleet), String> {
+    if let Some(cfg) = config::source::of_node(name, &text).map_err(|e| e.to_string())? {
+        let s = gatehouse::fleet::start(name, &text, &cfg).map_err(|e| format!("{name}: config_source: {e}"))?;
+        return Ok((s.file, s.text, Some((s.fleet, s.warning))));
+    }
+    let text = config::managed::effective(path, &text).map_err(|e| e.to_string())?.text;
+    let file = config::parse_str(name, &text).map_err(|e| e.to_string())?;
+    Ok((file, text, None))
 }
 
 fn main() -> ExitCode {
@@ -88,6 +133,42 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Config {
+        action:
+            ConfigAction::Push {
+                file,
+                etcd,
+                key,
+                expect_revision,
+                node,
+                timeout,
+            },
+    }) = &cli.command
+    {
+        let push = gatehouse::fleet::push::Push {
+            file,
+            endpoints: etcd,
+            key,
+            expect_revision: *expect_revision,
+            node: node.as_deref(),
+            timeout: *timeout,
+        };
+        return match gatehouse::fleet::push::run(&push) {
+            Ok(rev) => {
+                println!("pushed {} to {key}: revision {rev}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(gatehouse::fleet::push::Refused::Invalid(errors)) => {
+                eprintln!("{errors}");
+                eprintln!("config push: refused, nothing written");
+                ExitCode::from(1)
+            }
+            Err(gatehouse::fleet::push::Refused::Etcd(e)) => {
+                eprintln!("config push: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     // Absolute, so reloads still find the file after daemonizing changes the directory.
     if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
         cli.conf = abs;
@@ -100,18 +181,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // API writes (admin.managed) merged over the file: what serves, and what -t checks.
-    let text = match config::managed::effective(&cli.conf, &text) {
-        Ok(e) => e.text,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(1);
-        }
-    };
-    let file = match config::parse_str(&name, &text) {
-        Ok(f) => f,
-        Err(errors) => {
-            eprintln!("{errors}");
+    let (file, text, fleet) = match load(&cli.conf, &name, text) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -150,6 +223,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     gatehouse::logging::init(&file.log.level, file.log.format);
+    if let Some(w) = fleet.as_ref().and_then(|f| f.1.as_ref()) {
+        log::warn!("{w}");
+    }
     if !cli.test {
         // Before any plugin is built for serving: limits read the store settings.
         if file.cache.is_some() || file.routes.values().any(|r| r.plugins.contains_key(gatehouse::cache::PLUGIN)) {
@@ -164,7 +240,11 @@ fn main() -> ExitCode {
         // DNS names answered before the first request is.
         gatehouse::discovery::prime(&file);
     }
-    let live = match Live::new(&cli.conf, &text, file) {
+    let live = match fleet {
+        Some((fleet, _)) => Live::with_fleet(&cli.conf, &text, file, fleet),
+        None => Live::new(&cli.conf, &text, file),
+    };
+    let live = match live {
         Ok(l) => Arc::new(l),
         Err(errors) => {
             eprintln!("{errors}");

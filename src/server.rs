@@ -150,6 +150,10 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
         "discovery",
         crate::discovery::DiscoveryService { live: live.clone() },
     ));
+    server.add_service(background_service(
+        "fleet config",
+        crate::fleet::FleetService { live: live.clone() },
+    ));
     server.add_service(background_service("acme", crate::acme::AcmeWorker { live: live.clone() }));
     let live_for_alerts = live.clone();
     server.add_service(background_service("reload triggers", ReloadTriggers { live }));

@@ -189,6 +189,7 @@ impl Admin {
             "clusters": clusters,
             "metering": crate::metering::status(),
             "discovery": crate::discovery::status(),
+            "config_source": crate::fleet::status(),
             "certificates": snap.certs.certs.iter().chain(self.live.acme.cert().as_ref()).map(|c| json!({
                 "name": c.name,
                 "hosts": c.hosts,

@@ -46,6 +46,9 @@ pub struct File {
     /// Global plugins: applied to every route unless the route configures the same plugin.
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
+    /// Fleet mode: the shared tables come from etcd.
+    #[serde(default)]
+    pub config_source: Option<super::source::ConfigSourceCfg>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -129,7 +129,16 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("managed"),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp)?;
+    // Owner-only: the managed file and the fleet cache can hold consumers' keys.
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     drop(f);

@@ -12,6 +12,7 @@ mod file;
 pub mod managed;
 mod metering;
 mod observability;
+pub mod source;
 mod tls;
 mod upstream;
 mod validate;
@@ -36,18 +37,7 @@ pub fn load(path: &Path) -> Result<File, ConfigErrors> {
 
 /// Parses and validates config text; `file_name` is only used in error messages.
 pub fn parse_str(file_name: &str, text: &str) -> Result<File, ConfigErrors> {
-    let de = toml::Deserializer::new(text);
-    let mut parsed: File = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        let line = inner.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-        let reason = inner.message().to_string();
-        let reason = match line {
-            Some(l) => format!("{reason} (line {l})"),
-            None => reason,
-        };
-        ConfigErrors::one(ConfigError::new(file_name, if key == "." { "" } else { &key }, reason))
-    })?;
+    let mut parsed = deserialize(file_name, text)?;
     let errors = validate::validate(&mut parsed);
     if errors.is_empty() {
         Ok(parsed)
@@ -59,4 +49,22 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<File, ConfigErrors> {
                 .collect(),
         ))
     }
+}
+
+/// The text as a [`File`] without the cross-reference checks: the syntax and type errors,
+/// with their lines in this text (a shared document is checked alone this way before it
+/// is joined to a node file).
+pub fn deserialize(file_name: &str, text: &str) -> Result<File, ConfigErrors> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let reason = inner.message().to_string();
+        let reason = match line {
+            Some(l) => format!("{reason} (line {l})"),
+            None => reason,
+        };
+        ConfigErrors::one(ConfigError::new(file_name, if key == "." { "" } else { &key }, reason))
+    })
 }

@@ -13,6 +13,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     listeners(f, &mut out);
     acme(f, &mut out);
     admin(f, &mut out);
+    super::source::validate(f, &mut out);
     log(f, &mut out);
     super::observability::validate(f, &mut out);
     super::alerts::validate(f, &mut out);

@@ -41,6 +41,8 @@ pub struct Live {
     main_seen: Mutex<String>,
     /// The ACME certificate and open challenges (outside the snapshot: reloads keep them).
     pub acme: Arc<crate::acme::AcmeState>,
+    /// Fleet mode: the node text and the shared revision the serving config joins.
+    fleet: Mutex<Option<crate::fleet::FleetText>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,7 +63,20 @@ impl Live {
             main_seen: Mutex::new(main_hash(path)),
             acme: Arc::new(crate::acme::AcmeState::new(file.tls.acme.is_some())),
             boot: file,
+            fleet: Mutex::new(None),
         })
+    }
+
+    /// A fleet node's live config: `text` joins `fleet`'s two documents.
+    pub fn with_fleet(path: &Path, text: &str, file: config::File, fleet: crate::fleet::FleetText) -> Result<Live, ConfigErrors> {
+        let live = Live::new(path, text, file)?;
+        *lock(&live.fleet) = Some(fleet);
+        Ok(live)
+    }
+
+    /// The shared revision serving now, in fleet mode.
+    pub fn fleet_revision(&self) -> Option<i64> {
+        lock(&self.fleet).as_ref().map(|f| f.shared.revision)
     }
 
     /// The snapshot a request should use from start to end.
@@ -114,27 +129,41 @@ impl Live {
 
     fn try_reload(&self) -> Result<Reloaded, Vec<String>> {
         let name = self.path.display().to_string();
-        let text = std::fs::read_to_string(&self.path).map_err(|e| vec![format!("{name}: cannot read file: {e}")])?;
-        let main_seen = text_hash(&text);
-        let text = config::managed::effective(&self.path, &text)
-            .map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?
-            .text;
-        let file = config::parse_str(&name, &text).map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+        let node_text = std::fs::read_to_string(&self.path).map_err(|e| vec![format!("{name}: cannot read file: {e}")])?;
+        let main_seen = text_hash(&node_text);
+        let fleet = lock(&self.fleet).clone();
+        let (file, text) = match &fleet {
+            // The node file re-read, joined to the shared revision serving now.
+            Some(f) => {
+                config::source::compose(&name, &node_text, &self.shared_name(f.shared.revision), &f.shared.text).map_err(errors_of)?
+            }
+            None => {
+                let text = config::managed::effective(&self.path, &node_text).map_err(errors_of)?.text;
+                (config::parse_str(&name, &text).map_err(errors_of)?, text)
+            }
+        };
         let current = self.current.load_full();
         let changed = current.material != crate::snapshot::material_digest(&file, &text);
         let needs_upgrade = needs_upgrade(&self.boot, &file);
         if changed {
-            let snap =
-                Snapshot::build(file, &text, &name, Some(&current)).map_err(|e| e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>())?;
+            let snap = Snapshot::build(file, &text, &name, Some(&current)).map_err(errors_of)?;
             crate::logging::set_level(&snap.file.log.level);
             self.current.store(Arc::new(snap));
         }
         *lock(&self.main_seen) = main_seen;
+        if let Some(f) = lock(&self.fleet).as_mut() {
+            f.node_text = node_text;
+        }
         Ok(Reloaded {
             hash: self.current.load().hash.clone(),
             changed,
             needs_upgrade,
         })
+    }
+
+    fn shared_name(&self, revision: i64) -> String {
+        let key = self.boot.config_source.as_ref().map(|c| c.key.as_str()).unwrap_or("");
+        crate::fleet::shared_name(key, revision)
     }
 }
 
@@ -142,6 +171,10 @@ impl Live {
 /// holder writes whole values).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn errors_of(e: ConfigErrors) -> Vec<String> {
+    e.0.iter().map(|x| x.to_string()).collect()
 }
 
 fn text_hash(text: &str) -> String {
@@ -164,6 +197,9 @@ fn needs_upgrade(boot: &config::File, new: &config::File) -> Vec<String> {
     }
     if boot.metering != new.metering {
         out.push("metering".to_string());
+    }
+    if boot.config_source != new.config_source {
+        out.push("config_source".to_string());
     }
     if boot.store != new.store {
         out.push("store".to_string());

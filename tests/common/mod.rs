@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client;
 pub mod dns;
+pub mod etcd;
 pub mod gateway;
 pub mod grpc;
 pub mod load;

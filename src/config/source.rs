@@ -1,0 +1,232 @@
+//! `[config_source]`: fleet mode, where the shared part of the config (routes, upstreams,
+//! consumers, ...) comes from one etcd key that every node watches, and the node's own file
+//! keeps what belongs to one machine.
+//!
+//! The two documents are joined table by table: a top-level table is either the node's or
+//! the shared document's, never both, so no node can quietly override the fleet and the
+//! shared document cannot reach a node's listeners, admin tokens or store.
+
+use super::values::Dur;
+use super::{ConfigError, ConfigErrors, File};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Tables that belong to one machine: refused in the shared document.
+pub const NODE_ONLY: [&str; 7] = ["server", "listeners", "admin", "log", "store", "cache", "config_source"];
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSourceCfg {
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    /// `http://host:port` of the etcd members; the client balances over them.
+    pub endpoints: Vec<String>,
+    /// The key holding the shared TOML text.
+    pub key: String,
+    /// The last shared config this node applied, for a start while etcd is down.
+    #[serde(default)]
+    pub cache: Option<String>,
+    /// Connecting and each request to etcd give up after this.
+    #[serde(default = "d_timeout")]
+    pub timeout: Dur,
+    /// The longest wait between reconnection attempts (they start at 200 ms and double).
+    #[serde(default = "d_max_backoff")]
+    pub max_backoff: Dur,
+    /// etcd user and password (etcd's own authentication), as `env:`/`file:` secrets.
+    #[serde(default)]
+    pub username: Option<super::values::Secret>,
+    #[serde(default)]
+    pub password: Option<super::values::Secret>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Etcd,
+}
+
+fn d_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn d_max_backoff() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+pub(super) fn validate(f: &File, out: &mut Vec<(String, String)>) {
+    let Some(c) = &f.config_source else { return };
+    check(c, out);
+    if f.admin.as_ref().is_some_and(|a| a.managed.is_some()) {
+        out.push((
+            "admin.managed".into(),
+            "cannot be used with config_source: the shared config changes through etcd (`gatehouse config push`)".into(),
+        ));
+    }
+}
+
+fn check(c: &ConfigSourceCfg, out: &mut Vec<(String, String)>) {
+    if c.endpoints.is_empty() {
+        out.push(("config_source.endpoints".into(), "name at least one etcd endpoint".into()));
+    }
+    for (i, e) in c.endpoints.iter().enumerate() {
+        let key = format!("config_source.endpoints[{i}]");
+        match e.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.path() == "/" => {}
+            Ok(u) if u.scheme_str() == Some("https") => {
+                out.push((
+                    key,
+                    format!("`{e}`: TLS to etcd is not supported yet; use http:// on a trusted network"),
+                ));
+            }
+            _ => out.push((key, format!("`{e}` is not an http://host:port address"))),
+        }
+    }
+    if c.key.is_empty() {
+        out.push(("config_source.key".into(), "must not be empty".into()));
+    }
+    if c.timeout.0.is_zero() {
+        out.push(("config_source.timeout".into(), "must be more than 0".into()));
+    }
+    if c.max_backoff.0 < Duration::from_millis(200) {
+        out.push(("config_source.max_backoff".into(), "must be at least 200ms".into()));
+    }
+    if c.username.is_some() != c.password.is_some() {
+        out.push(("config_source.password".into(), "username and password go together".into()));
+    }
+    if let Some(p) = &c.cache {
+        if !p.starts_with('/') {
+            out.push(("config_source.cache".into(), format!("`{p}` must be an absolute path")));
+        }
+    }
+}
+
+/// The node text's `[config_source]`, read before the whole file is: it says where the
+/// rest of the config comes from. `None` when the file has none (or is not TOML, which the
+/// full parse then reports with its line).
+pub fn of_node(node_name: &str, node_text: &str) -> Result<Option<ConfigSourceCfg>, ConfigErrors> {
+    let Ok(mut table) = node_text.parse::<toml::Table>() else {
+        return Ok(None);
+    };
+    let Some(v) = table.remove("config_source") else {
+        return Ok(None);
+    };
+    let cfg = serde_path_to_error::deserialize(v).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." {
+            "config_source".to_string()
+        } else {
+            format!("config_source.{key}")
+        };
+        ConfigErrors::one(ConfigError::new(node_name, &key, e.into_inner().message().to_string()))
+    })?;
+    let mut out = Vec::new();
+    check(&cfg, &mut out);
+    if out.is_empty() {
+        Ok(Some(cfg))
+    } else {
+        Err(ConfigErrors(
+            out.into_iter().map(|(k, r)| ConfigError::new(node_name, &k, r)).collect(),
+        ))
+    }
+}
+
+/// The shared document's own problems, each against its own name and lines: not TOML, a
+/// node-only table, a value of the wrong type.
+pub fn check_shared(shared_name: &str, shared_text: &str) -> Result<toml::Table, ConfigErrors> {
+    super::deserialize(shared_name, shared_text)?;
+    let table: toml::Table = shared_text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors::one(ConfigError::new(shared_name, "", e.message().to_string())))?;
+    let errors: Vec<ConfigError> = table
+        .keys()
+        .filter(|k| NODE_ONLY.contains(&k.as_str()))
+        .map(|k| {
+            ConfigError::new(
+                shared_name,
+                k,
+                "belongs to one node: keep it in the node's own file, not the shared config",
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(table)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Joins the node file and the shared document into the text a load parses, and parses
+/// and validates it. Each error names the document its top-level table came from.
+pub fn compose(node_name: &str, node_text: &str, shared_name: &str, shared_text: &str) -> Result<(File, String), ConfigErrors> {
+    super::deserialize(node_name, node_text)?;
+    let shared = check_shared(shared_name, shared_text)?;
+    let mut node: toml::Table = node_text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigErrors::one(ConfigError::new(node_name, "", e.message().to_string())))?;
+    let both: Vec<ConfigError> = shared
+        .keys()
+        .filter(|k| node.contains_key(k.as_str()))
+        .map(|k| {
+            ConfigError::new(
+                node_name,
+                k,
+                format!("is also in the shared config ({shared_name}): a table belongs to one of them"),
+            )
+        })
+        .collect();
+    if !both.is_empty() {
+        return Err(ConfigErrors(both));
+    }
+    let shared_keys: Vec<String> = shared.keys().cloned().collect();
+    node.extend(shared);
+    let text = toml::to_string(&node)
+        .map_err(|e| ConfigErrors::one(ConfigError::new(node_name, "", format!("cannot render the joined config: {e}"))))?;
+    super::parse_str(node_name, &text).map(|file| (file, text)).map_err(|mut errors| {
+        for e in &mut errors.0 {
+            let top = e.key.split(['.', '[']).next().unwrap_or("");
+            if shared_keys.iter().any(|k| k == top) {
+                e.file = shared_name.to_string();
+            }
+        }
+        errors
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "[listeners.main]\naddr = \"127.0.0.1:1\"\n[config_source]\ntype = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nkey = \"/k\"\n";
+
+    #[test]
+    fn shared_tables_join_the_node_ones() {
+        let shared = "[upstreams.u]\ntargets = [\"127.0.0.1:2\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n";
+        let (file, _) = compose("node.toml", NODE, "etcd:/k@3", shared).unwrap();
+        assert!(file.routes.contains_key("r"));
+        assert!(file.listeners.contains_key("main"));
+    }
+
+    #[test]
+    fn node_tables_and_overlaps_are_refused_with_their_document() {
+        let err = compose("node.toml", NODE, "etcd:/k@3", "[server]\nthreads = 2\n").unwrap_err();
+        assert_eq!((err.0[0].file.as_str(), err.0[0].key.as_str()), ("etcd:/k@3", "server"));
+        let node = format!("{NODE}[upstreams.x]\ntargets = [\"127.0.0.1:3\"]\n");
+        let err = compose("node.toml", &node, "etcd:/k@3", "[upstreams.u]\ntargets = [\"127.0.0.1:2\"]\n").unwrap_err();
+        assert_eq!((err.0[0].file.as_str(), err.0[0].key.as_str()), ("node.toml", "upstreams"));
+    }
+
+    #[test]
+    fn a_broken_reference_in_the_shared_document_names_it() {
+        let err = compose(
+            "node.toml",
+            NODE,
+            "etcd:/k@3",
+            "[routes.r]\npaths = [\"/\"]\nupstream = \"missing\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].file, "etcd:/k@3");
+        assert_eq!(err.0[0].key, "routes.r.upstream");
+        let err = compose("node.toml", NODE, "etcd:/k@3", "[routes.r]\npaths = 7\n").unwrap_err();
+        assert_eq!(err.0[0].file, "etcd:/k@3");
+        assert!(err.0[0].reason.contains("line 2"), "{}", err.0[0].reason);
+    }
+}

@@ -1,0 +1,114 @@
+//! The etcd calls fleet mode makes: read the key, watch it, and write it by compare-and-swap.
+
+use crate::config::source::ConfigSourceCfg;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use std::time::Duration;
+
+/// One revision of the shared document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    pub text: String,
+    /// The key's `mod_revision`: what `/status` shows and `--expect-revision` compares.
+    pub revision: i64,
+}
+
+/// What a read of the key found, and the store's revision at the time of the read (a
+/// watch resumes after it).
+pub struct Read {
+    pub value: Option<Revision>,
+    pub header_revision: i64,
+}
+
+fn options(timeout: Duration, user: Option<(&str, &str)>) -> ConnectOptions {
+    // The keep-alive pings find a partition that leaves the watch stream open but dead.
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(10), timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some((u, p)) = user {
+        o = o.with_user(u, p);
+    }
+    o
+}
+
+pub async fn connect(cfg: &ConfigSourceCfg) -> Result<Client, String> {
+    let user = cfg
+        .username
+        .as_ref()
+        .zip(cfg.password.as_ref())
+        .map(|(u, p)| (u.value.as_str(), p.value.as_str()));
+    connect_to(&cfg.endpoints, cfg.timeout.0, user).await
+}
+
+async fn connect_to(endpoints: &[String], timeout: Duration, user: Option<(&str, &str)>) -> Result<Client, String> {
+    let joined = endpoints.join(", ");
+    match tokio::time::timeout(timeout, Client::connect(endpoints, Some(options(timeout, user)))).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("cannot reach etcd at {joined}: {e}")),
+        Err(_) => Err(format!("cannot reach etcd at {joined}: no answer within {timeout:?}")),
+    }
+}
+
+pub async fn read(client: &mut Client, key: &str) -> Result<Read, String> {
+    let resp = client
+        .get(key, None)
+        .await
+        .map_err(|e| format!("cannot read etcd key {key}: {e}"))?;
+    let header_revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let value = match resp.kvs().first() {
+        None => None,
+        Some(kv) => Some(revision_of(key, kv)?),
+    };
+    Ok(Read { value, header_revision })
+}
+
+/// The text of one key-value, which must be UTF-8 (it is TOML).
+pub fn revision_of(key: &str, kv: &etcd_client::KeyValue) -> Result<Revision, String> {
+    let text = kv
+        .value_str()
+        .map_err(|e| format!("etcd key {key} at revision {} is not UTF-8 text: {e}", kv.mod_revision()))?;
+    Ok(Revision {
+        text: text.to_string(),
+        revision: kv.mod_revision(),
+    })
+}
+
+/// Reads the key once: for a start, before anything serves.
+pub async fn fetch(cfg: &ConfigSourceCfg) -> Result<Option<Revision>, String> {
+    let mut client = connect(cfg).await?;
+    let joined = cfg.endpoints.join(", ");
+    match tokio::time::timeout(cfg.timeout.0, read(&mut client, &cfg.key)).await {
+        Ok(r) => Ok(r.map_err(|e| format!("cannot reach etcd at {joined}: {e}"))?.value),
+        Err(_) => Err(format!("cannot reach etcd at {joined}: no answer within {:?}", cfg.timeout.0)),
+    }
+}
+
+/// Writes `text` to `key` only if the key is still at the revision read here (0: absent)
+/// and, when given, at `expect`. Returns the new revision.
+pub async fn push(endpoints: &[String], key: &str, text: &str, expect: Option<i64>, timeout: Duration) -> Result<i64, String> {
+    let mut client = connect_to(endpoints, timeout, None).await?;
+    let current = read(&mut client, key).await?;
+    let at = current.value.as_ref().map(|v| v.revision).unwrap_or(0);
+    if let Some(want) = expect {
+        if want != at {
+            return Err(format!(
+                "{key} is at revision {at}, not {want} (--expect-revision): someone pushed since; read it again"
+            ));
+        }
+    }
+    if current.value.as_ref().is_some_and(|v| v.text == text) {
+        return Err(format!("{key} already holds this config at revision {at}: nothing pushed"));
+    }
+    // The mod_revision of an absent key compares as 0.
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, at)])
+        .and_then([TxnOp::put(key, text, None)]);
+    let resp = client.txn(txn).await.map_err(|e| format!("cannot write etcd key {key}: {e}"))?;
+    if !resp.succeeded() {
+        return Err(format!(
+            "{key} changed while pushing (it was at revision {at}): nothing pushed; try again"
+        ));
+    }
+    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+}
