@@ -82,6 +82,14 @@ enum ConfigAction {
         node: Option<PathBuf>,
         #[arg(long = "timeout", default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// With https:// endpoints: the CA of etcd's certificate (PEM; required).
+        #[arg(long = "cacert")]
+        cacert: Option<String>,
+        /// With https:// endpoints: a client certificate and its key (PEM) for etcd.
+        #[arg(long = "cert", requires = "key_file")]
+        cert: Option<String>,
+        #[arg(long = "key-file", requires = "cert")]
+        key_file: Option<String>,
     },
 }
 
@@ -142,6 +150,9 @@ fn main() -> ExitCode {
                 expect_revision,
                 node,
                 timeout,
+                cacert,
+                cert,
+                key_file,
             },
     }) = &cli.command
     {
@@ -152,6 +163,11 @@ fn main() -> ExitCode {
             expect_revision: *expect_revision,
             node: node.as_deref(),
             timeout: *timeout,
+            tls: gatehouse::fleet::etcd::TlsFiles {
+                ca: cacert.clone(),
+                cert: cert.clone(),
+                key: key_file.clone(),
+            },
         };
         return match gatehouse::fleet::push::run(&push) {
             Ok(rev) => {

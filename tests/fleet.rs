@@ -103,6 +103,11 @@ fn three_nodes_converge_on_a_pushed_config() {
     for gw in &nodes {
         assert_eq!(source(gw)["applied_revision"], r2);
     }
+    // A reload re-reads the node file and keeps the shared revision serving.
+    let r = nodes[1].reload();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(serves(&nodes[1], "b"));
+    assert_eq!(source(&nodes[1])["applied_revision"], r2);
 
     // A push on a revision that is no longer current writes nothing.
     let (code, _, err) = push(&dir, &etcd, key, &shared(&a), &["--expect-revision", &r1.to_string()]);
@@ -246,6 +251,10 @@ fn a_node_started_while_etcd_is_down_serves_from_its_cache_or_refuses_to_start()
 
     // etcd back: the node leaves its cache for the live key.
     etcd.restart();
+    wait_until(WAIT, "etcd confirming the cached revision", || {
+        let s = source(&gw);
+        s["connected"] == true && s["applied_from"] == "etcd" && s["applied_revision"] == r1
+    });
     let r2 = push_ok(&dir, &etcd, key, &shared(&b));
     wait_until(WAIT, "the node following etcd again", || serves(&gw, "b"));
     assert_eq!(source(&gw)["applied_revision"], r2);
@@ -284,4 +293,82 @@ fn the_shipped_fleet_examples_push_and_check_against_a_real_etcd() {
     let (code, err) = run(&["config", "push", "-c", &shared_arg, "--etcd", &etcd.url, "--node", &node_arg]);
     assert_eq!(code, Some(1));
     assert!(err.contains(": admin: belongs to one node"), "{err}");
+}
+
+#[test]
+fn nodes_reach_a_tls_etcd_with_client_certificates_and_refuse_one_they_cannot_verify() {
+    use common::tls::Ca;
+    let dir = common::gateway::test_dir();
+    let ca = Ca::new("etcd test CA");
+    let ca_path = ca.write(&dir, "etcd-ca.pem");
+    let server = ca.leaf(&dir, "etcd-server", &["127.0.0.1"], -1, 30);
+    let node_cert = ca.client(&dir, "node", "gatehouse-node", "fleet");
+    let etcd = Etcd::start_tls(&dir, &ca_path, &server, &node_cert);
+    assert!(etcd.url.starts_with("https://"));
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let key = "/gatehouse/tls";
+    let (ca_arg, cert_arg, key_arg) = (
+        ca_path.display().to_string(),
+        node_cert.cert.display().to_string(),
+        node_cert.key.display().to_string(),
+    );
+    let tls_flags = ["--cacert", &ca_arg, "--cert", &cert_arg, "--key-file", &key_arg];
+
+    // etcd asks for a client certificate: a push without one is refused by etcd.
+    let (code, _, err) = push(&dir, &etcd, key, &shared(&a), &["--cacert", &ca_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(etcd.revision(key), 0);
+    let (code, out, err) = push(&dir, &etcd, key, &shared(&a), &tls_flags);
+    assert_eq!(code, 0, "{err}");
+    let r1: i64 = out.trim().rsplit_once("revision ").unwrap().1.parse().unwrap();
+
+    let tls_node = format!(
+        "{}tls_ca = \"{ca_arg}\"\ntls_cert = \"{cert_arg}\"\ntls_key = \"{key_arg}\"\n",
+        node(&etcd, key)
+    );
+    let gw = Gateway::start(&tls_node);
+    assert!(serves(&gw, "a"));
+    assert_eq!(source(&gw)["applied_revision"], r1);
+    let (code, _, err) = push(&dir, &etcd, key, &shared(&b), &tls_flags);
+    assert_eq!(code, 0, "{err}");
+    wait_until(WAIT, "the node following the TLS etcd", || serves(&gw, "b"));
+
+    // A CA that did not sign etcd's certificate: the node cannot verify it and, with no
+    // cache, does not start.
+    let other = Ca::new("someone else");
+    let other_path = other.write(&dir, "other-ca.pem");
+    let bare = common::gateway::test_dir();
+    let text = format!(
+        "{}\n{}tls_ca = \"{}\"\ntls_cert = \"{cert_arg}\"\ntls_key = \"{key_arg}\"\n",
+        common::gateway::HEADER,
+        node(&etcd, key),
+        other_path.display()
+    )
+    .replace("{dir}", &bare.display().to_string())
+    .replace("{listen}", &format!("127.0.0.1:{}", common::free_port()))
+    .replace("{admin}", &format!("127.0.0.1:{}", common::free_port()));
+    let path = bare.join("gatehouse.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(Gateway::bin()).arg("-c").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach etcd at https://127.0.0.1:"), "{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+
+    // TLS files that are not what their keys say are refused at load, naming the key.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&cert_arg, &ca_arg)
+            .replace(&key_arg, &cert_arg),
+    )
+    .unwrap();
+    let out = Command::new(Gateway::bin()).arg("-t").arg("-c").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("config_source.tls_key: ") && err.contains("is not a PEM private key"),
+        "{err}"
+    );
 }

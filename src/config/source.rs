@@ -37,6 +37,14 @@ pub struct ConfigSourceCfg {
     pub username: Option<super::values::Secret>,
     #[serde(default)]
     pub password: Option<super::values::Secret>,
+    /// PEM files for `https://` endpoints: the CA that signed etcd's certificate (required), and this node's client certificate and key for etcd's
+    /// `--client-cert-auth`. Read at each connection, so rotated files are picked up.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -67,17 +75,40 @@ fn check(c: &ConfigSourceCfg, out: &mut Vec<(String, String)>) {
     if c.endpoints.is_empty() {
         out.push(("config_source.endpoints".into(), "name at least one etcd endpoint".into()));
     }
+    let mut schemes = Vec::new();
     for (i, e) in c.endpoints.iter().enumerate() {
         let key = format!("config_source.endpoints[{i}]");
         match e.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.path() == "/" => {}
-            Ok(u) if u.scheme_str() == Some("https") => {
-                out.push((
-                    key,
-                    format!("`{e}`: TLS to etcd is not supported yet; use http:// on a trusted network"),
-                ));
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() && u.path() == "/" => {
+                schemes.push(u.scheme_str() == Some("https"));
             }
-            _ => out.push((key, format!("`{e}` is not an http://host:port address"))),
+            _ => out.push((key, format!("`{e}` is not an http://host:port or https://host:port address"))),
+        }
+    }
+    if schemes.contains(&true) && schemes.contains(&false) {
+        out.push((
+            "config_source.endpoints".into(),
+            "mixes http:// and https://: one plaintext member would expose what TLS protects".into(),
+        ));
+    }
+    let tls_set = c.tls_ca.is_some() || c.tls_cert.is_some() || c.tls_key.is_some();
+    if tls_set && !schemes.contains(&true) {
+        out.push(("config_source.tls_ca".into(), "TLS settings need https:// endpoints".into()));
+    }
+    if schemes.contains(&true) && c.tls_ca.is_none() {
+        out.push((
+            "config_source.tls_ca".into(),
+            "https:// endpoints need the CA that signed etcd's certificate (a PEM file)".into(),
+        ));
+    }
+    if c.tls_cert.is_some() != c.tls_key.is_some() {
+        out.push(("config_source.tls_key".into(), "tls_cert and tls_key go together".into()));
+    }
+    for (name, path) in [("tls_ca", &c.tls_ca), ("tls_cert", &c.tls_cert), ("tls_key", &c.tls_key)] {
+        if let Some(p) = path {
+            if let Err(e) = crate::fleet::etcd::check_pem(name, p) {
+                out.push((format!("config_source.{name}"), e));
+            }
         }
     }
     if c.key.is_empty() {

@@ -1,7 +1,7 @@
 //! The etcd calls fleet mode makes: read the key, watch it, and write it by compare-and-swap.
 
 use crate::config::source::ConfigSourceCfg;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, TlsOptions, Txn, TxnOp};
 use std::time::Duration;
 
 /// One revision of the shared document.
@@ -19,7 +19,51 @@ pub struct Read {
     pub header_revision: i64,
 }
 
-fn options(timeout: Duration, user: Option<(&str, &str)>) -> ConnectOptions {
+/// PEM files for TLS to etcd.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+impl TlsFiles {
+    fn of(cfg: &ConfigSourceCfg) -> Option<TlsFiles> {
+        cfg.endpoints.iter().any(|e| e.starts_with("https://")).then(|| TlsFiles {
+            ca: cfg.tls_ca.clone(),
+            cert: cfg.tls_cert.clone(),
+            key: cfg.tls_key.clone(),
+        })
+    }
+}
+
+fn read_pem(what: &str, path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the etcd {what} {path}: {e}"))
+}
+
+/// That a PEM file holds what its key says, so a wrong path is refused at load.
+pub fn check_pem(what: &str, path: &str) -> Result<(), String> {
+    let pem = read_pem(what, path)?;
+    let (ok, kind) = match what {
+        "tls_key" => (openssl::pkey::PKey::private_key_from_pem(&pem).map(|_| ()), "private key"),
+        _ => (openssl::x509::X509::from_pem(&pem).map(|_| ()), "certificate"),
+    };
+    ok.map_err(|e| format!("{path} is not a PEM {kind}: {e}"))
+}
+
+fn tls_config(tls: &TlsFiles) -> Result<TlsOptions, String> {
+    let ca = tls
+        .ca
+        .as_ref()
+        .ok_or("TLS to etcd needs the CA that signed etcd's certificate (tls_ca, or --cacert)")?;
+    let mut c = TlsOptions::new().ca_certificate(Certificate::from_pem(read_pem("tls_ca", ca)?));
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        c = c.identity(Identity::from_pem(read_pem("tls_cert", cert)?, read_pem("tls_key", key)?));
+    }
+    Ok(c)
+}
+
+fn options(timeout: Duration, user: Option<(&str, &str)>, tls: Option<&TlsFiles>) -> Result<ConnectOptions, String> {
     // The keep-alive pings find a partition that leaves the watch stream open but dead.
     let mut o = ConnectOptions::new()
         .with_connect_timeout(timeout)
@@ -29,7 +73,10 @@ fn options(timeout: Duration, user: Option<(&str, &str)>) -> ConnectOptions {
     if let Some((u, p)) = user {
         o = o.with_user(u, p);
     }
-    o
+    if let Some(t) = tls {
+        o = o.with_tls(tls_config(t)?);
+    }
+    Ok(o)
 }
 
 pub async fn connect(cfg: &ConfigSourceCfg) -> Result<Client, String> {
@@ -38,12 +85,13 @@ pub async fn connect(cfg: &ConfigSourceCfg) -> Result<Client, String> {
         .as_ref()
         .zip(cfg.password.as_ref())
         .map(|(u, p)| (u.value.as_str(), p.value.as_str()));
-    connect_to(&cfg.endpoints, cfg.timeout.0, user).await
+    connect_to(&cfg.endpoints, cfg.timeout.0, user, TlsFiles::of(cfg).as_ref()).await
 }
 
-async fn connect_to(endpoints: &[String], timeout: Duration, user: Option<(&str, &str)>) -> Result<Client, String> {
+async fn connect_to(endpoints: &[String], timeout: Duration, user: Option<(&str, &str)>, tls: Option<&TlsFiles>) -> Result<Client, String> {
     let joined = endpoints.join(", ");
-    match tokio::time::timeout(timeout, Client::connect(endpoints, Some(options(timeout, user)))).await {
+    let opts = options(timeout, user, tls)?;
+    match tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(format!("cannot reach etcd at {joined}: {e}")),
         Err(_) => Err(format!("cannot reach etcd at {joined}: no answer within {timeout:?}")),
@@ -86,8 +134,15 @@ pub async fn fetch(cfg: &ConfigSourceCfg) -> Result<Option<Revision>, String> {
 
 /// Writes `text` to `key` only if the key is still at the revision read here (0: absent)
 /// and, when given, at `expect`. Returns the new revision.
-pub async fn push(endpoints: &[String], key: &str, text: &str, expect: Option<i64>, timeout: Duration) -> Result<i64, String> {
-    let mut client = connect_to(endpoints, timeout, None).await?;
+pub async fn push(
+    endpoints: &[String],
+    key: &str,
+    text: &str,
+    expect: Option<i64>,
+    timeout: Duration,
+    tls: Option<&TlsFiles>,
+) -> Result<i64, String> {
+    let mut client = connect_to(endpoints, timeout, None, tls).await?;
     let current = read(&mut client, key).await?;
     let at = current.value.as_ref().map(|v| v.revision).unwrap_or(0);
     if let Some(want) = expect {

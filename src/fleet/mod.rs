@@ -328,7 +328,12 @@ impl FleetService {
     /// Applies a revision unless it is the one serving.
     async fn offer(&self, cfg: &ConfigSourceCfg, rev: Revision) {
         // The one serving, or one refused already (after a reconnect): nothing to do.
-        if self.live.fleet_revision() == Some(rev.revision) || status().and_then(|s| s.refused_revision) == Some(rev.revision) {
+        if self.live.fleet_revision() == Some(rev.revision) {
+            // A start from the cache that etcd now confirms is etcd's revision.
+            update(|s| s.applied_from = Some("etcd"));
+            return;
+        }
+        if status().and_then(|s| s.refused_revision) == Some(rev.revision) {
             return;
         }
         let live = self.live.clone();

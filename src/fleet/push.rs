@@ -13,6 +13,8 @@ pub struct Push<'a> {
     /// A node file to check the join with (its `[store]` and listeners, say).
     pub node: Option<&'a Path>,
     pub timeout: Duration,
+    /// For `https://` endpoints.
+    pub tls: super::etcd::TlsFiles,
 }
 
 /// Why a push was refused: the document's errors, or what etcd said.
@@ -61,6 +63,7 @@ pub fn run(p: &Push) -> Result<i64, Refused> {
         .enable_all()
         .build()
         .map_err(|e| Refused::Etcd(format!("cannot start a runtime: {e}")))?;
-    rt.block_on(super::etcd::push(p.endpoints, p.key, &text, p.expect_revision, p.timeout))
+    let tls = p.endpoints.iter().any(|e| e.starts_with("https://")).then_some(&p.tls);
+    rt.block_on(super::etcd::push(p.endpoints, p.key, &text, p.expect_revision, p.timeout, tls))
         .map_err(Refused::Etcd)
 }
