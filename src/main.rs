@@ -52,7 +52,7 @@ enum Command {
     /// Fleet config: `config push` writes a shared config to etcd.
     Config {
         #[command(subcommand)]
-        action: ConfigAction,
+        action: Box<ConfigAction>,
     },
 }
 
@@ -80,6 +80,9 @@ enum ConfigAction {
         /// A node file to check the joined config with.
         #[arg(long = "node")]
         node: Option<PathBuf>,
+        /// etcd user (etcd's authentication); the password comes from GATEHOUSE_ETCD_PASSWORD.
+        #[arg(long = "user")]
+        user: Option<String>,
         #[arg(long = "timeout", default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
         /// With https:// endpoints: the CA of etcd's certificate (PEM; required).
@@ -106,7 +109,14 @@ fn admin_warning(file: &config::File) -> Option<String> {
 }
 
 /// Fleet text and the warning of a start from the cache.
-type Fleet = Option<(gatehouse::fleet::FleetText, Option<String>)>;
+struct FleetStart {
+    fleet: gatehouse::fleet::FleetText,
+    warning: Option<String>,
+    from_etcd: bool,
+    cfg: config::source::ConfigSourceCfg,
+    node_text: String,
+}
+type Fleet = Option<FleetStart>;
 
 /// The config a start serves and `-t` checks: the file with the API's writes
 /// (`admin.managed`) merged over it, or in fleet mode the file joined to the shared
@@ -114,11 +124,48 @@ type Fleet = Option<(gatehouse::fleet::FleetText, Option<String>)>;
 fn load(path: &std::path::Path, name: &str, text: String) -> Result<(config::File, String, Fleet), String> {
     if let Some(cfg) = config::source::of_node(name, &text).map_err(|e| e.to_string())? {
         let s = gatehouse::fleet::start(name, &text, &cfg).map_err(|e| format!("{name}: config_source: {e}"))?;
-        return Ok((s.file, s.text, Some((s.fleet, s.warning))));
+        let start = FleetStart {
+            fleet: s.fleet,
+            warning: s.warning,
+            from_etcd: s.from_etcd,
+            cfg,
+            node_text: text,
+        };
+        return Ok((s.file, s.text, Some(start)));
     }
     let text = config::managed::effective(path, &text).map_err(|e| e.to_string())?.text;
     let file = config::parse_str(name, &text).map_err(|e| e.to_string())?;
     Ok((file, text, None))
+}
+
+/// A fleet node's live config. A revision from etcd that fails to build falls back to
+/// the cache like one that fails to validate; a revision that built is cached (not by `-t`).
+fn fleet_live(path: &std::path::Path, name: &str, text: String, file: config::File, f: FleetStart, test: bool) -> Result<Live, String> {
+    let rev = f.fleet.shared.clone();
+    match Live::with_fleet(path, &text, file, f.fleet) {
+        Ok(live) => {
+            if f.from_etcd && !test {
+                gatehouse::fleet::save_cache(&f.cfg, &rev);
+            }
+            Ok(live)
+        }
+        Err(errors) if f.from_etcd => {
+            let mut errors = errors;
+            let shared = gatehouse::fleet::shared_name(&f.cfg.key, rev.revision);
+            config::source::attribute(&mut errors, &rev.text, &shared);
+            gatehouse::fleet::refused(rev.revision, errors.0.iter().map(|e| e.to_string()).collect());
+            let why = format!("revision {} of etcd key {} does not build:\n{errors}", rev.revision, f.cfg.key);
+            let mut s =
+                gatehouse::fleet::from_cache(name, &f.node_text, &f.cfg, &why).map_err(|e| format!("{name}: config_source: {e}"))?;
+            // The watch will not try it again until a reload or a new revision.
+            s.fleet.refused = Some(rev);
+            if let Some(w) = &s.warning {
+                log::warn!("{w}");
+            }
+            Live::with_fleet(path, &s.text, s.file, s.fleet).map_err(|e| e.to_string())
+        }
+        Err(errors) => Err(errors.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -141,21 +188,19 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Config {
-        action:
-            ConfigAction::Push {
-                file,
-                etcd,
-                key,
-                expect_revision,
-                node,
-                timeout,
-                cacert,
-                cert,
-                key_file,
-            },
-    }) = &cli.command
-    {
+    if let Some(Command::Config { action }) = &cli.command {
+        let ConfigAction::Push {
+            file,
+            etcd,
+            key,
+            expect_revision,
+            node,
+            user,
+            timeout,
+            cacert,
+            cert,
+            key_file,
+        } = action.as_ref();
         let push = gatehouse::fleet::push::Push {
             file,
             endpoints: etcd,
@@ -163,6 +208,7 @@ fn main() -> ExitCode {
             expect_revision: *expect_revision,
             node: node.as_deref(),
             timeout: *timeout,
+            user: user.clone(),
             tls: gatehouse::fleet::etcd::TlsFiles {
                 ca: cacert.clone(),
                 cert: cert.clone(),
@@ -176,6 +222,9 @@ fn main() -> ExitCode {
             }
             Err(gatehouse::fleet::push::Refused::Invalid(errors)) => {
                 eprintln!("{errors}");
+                if node.is_none() {
+                    eprintln!("config push: checked without a node file: --node NODE.toml also checks references to a node's tables ([store], TLS listeners)");
+                }
                 eprintln!("config push: refused, nothing written");
                 ExitCode::from(1)
             }
@@ -239,8 +288,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     gatehouse::logging::init(&file.log.level, file.log.format);
-    if let Some(w) = fleet.as_ref().and_then(|f| f.1.as_ref()) {
-        log::warn!("{w}");
+    if let Some(w) = fleet.as_ref().and_then(|f| f.warning.as_ref()) {
+        if cli.test {
+            eprintln!("{name}: warning: {w}");
+        } else {
+            log::warn!("{w}");
+        }
     }
     if !cli.test {
         // Before any plugin is built for serving: limits read the store settings.
@@ -257,8 +310,8 @@ fn main() -> ExitCode {
         gatehouse::discovery::prime(&file);
     }
     let live = match fleet {
-        Some((fleet, _)) => Live::with_fleet(&cli.conf, &text, file, fleet),
-        None => Live::new(&cli.conf, &text, file),
+        Some(f) => fleet_live(&cli.conf, &name, text, file, f, cli.test),
+        None => Live::new(&cli.conf, &text, file).map_err(|e| e.to_string()),
     };
     let live = match live {
         Ok(l) => Arc::new(l),

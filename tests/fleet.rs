@@ -172,12 +172,20 @@ fn an_invalid_config_is_refused_by_push_and_by_every_node() {
         assert!(serves(gw, "a"));
     }
 
+    // The cache keeps the last good revision, not the refused ones.
+    let cache = std::fs::read_to_string(nodes[0].dir.join("etcd-cache.toml")).unwrap();
+    assert!(cache.contains(&format!("\"revision\":{r1}")) && cache.contains(&a.addr), "{cache}");
+    for gw in &nodes {
+        assert_eq!(gw.metric("gatehouse_config_source_refused_total"), 2.0, "the deletion counted once");
+    }
+
     let r3 = push_ok(&dir, &etcd, key, &shared(&b));
     for gw in &nodes {
         wait_until(WAIT, "the next good revision applied", || serves(gw, "b"));
         let s = source(gw);
         assert_eq!(s["applied_revision"], r3);
         assert!(s["refused_revision"].is_null(), "{s}");
+        assert_eq!(gw.metric("gatehouse_config_source_refused_revision"), 0.0);
     }
 }
 
@@ -190,6 +198,8 @@ fn etcd_killed_and_restarted_leaves_nodes_serving_and_they_pick_up_the_next_revi
     push_ok(&dir, &etcd, key, &shared(&a));
     let gw = Gateway::start(&node(&etcd, key));
     assert!(serves(&gw, "a"));
+    let bad = etcd.put(key, "[routes.app]\npaths = [\"/\"]\nupstream = \"missing\"\n");
+    wait_until(WAIT, "the broken revision refused", || source(&gw)["refused_revision"] == bad);
 
     etcd.kill();
     wait_until(WAIT, "the node noticing etcd is gone", || source(&gw)["connected"] == false);
@@ -200,6 +210,10 @@ fn etcd_killed_and_restarted_leaves_nodes_serving_and_they_pick_up_the_next_revi
     }
 
     etcd.restart();
+    wait_until(WAIT, "the node back on etcd", || source(&gw)["connected"] == true);
+    // Read again after the reconnect, the refused revision is not counted twice.
+    assert_eq!(gw.metric("gatehouse_config_source_refused_total"), 1.0);
+    assert!(serves(&gw, "a"));
     let r2 = push_ok(&dir, &etcd, key, &shared(&b));
     wait_until(WAIT, "the revision pushed after the restart", || serves(&gw, "b"));
     let s = source(&gw);
@@ -371,4 +385,72 @@ fn nodes_reach_a_tls_etcd_with_client_certificates_and_refuse_one_they_cannot_ve
         err.contains("config_source.tls_key: ") && err.contains("is not a PEM private key"),
         "{err}"
     );
+}
+
+#[test]
+fn the_shared_config_reads_only_the_node_secrets_the_node_allows() {
+    let dir = common::gateway::test_dir();
+    let etcd = Etcd::start(&dir);
+    let a = Upstream::start("a");
+    let key = "/gatehouse/secrets";
+    let keyed = |secret: &str| {
+        format!(
+            "{}[routes.app.plugins.key_auth]\n[consumers.c]\nkeys = [\"{secret}\"]\n",
+            shared(&a)
+        )
+    };
+    let r1 = etcd.put(key, &keyed("env:FLEET_KEY"));
+    let allow = format!("{}shared_secrets = [\"env:FLEET_*\"]\n", node(&etcd, key));
+    let gw = Gateway::start_with_env(&allow, &[("FLEET_KEY", "fleet-key-1")]);
+    assert_eq!(source(&gw)["applied_revision"], r1);
+    assert_eq!(
+        common::request(&gw.addr, "GET", "/", &[("x-api-key", "fleet-key-1")], None).status,
+        200
+    );
+    assert_eq!(gw.get("/").status, 401);
+
+    // Whoever writes the key cannot make a node use its admin token as a consumer key (or
+    // send it to a tracing endpoint): only the allowed names resolve.
+    let bad = etcd.put(key, &keyed("env:GATEHOUSE_ADMIN_TOKEN"));
+    wait_until(WAIT, "the reference refused", || source(&gw)["refused_revision"] == bad);
+    let err = source(&gw)["refused_errors"][0].as_str().unwrap_or("").to_string();
+    assert!(
+        err.contains("consumers.c.keys[0]: `env:GATEHOUSE_ADMIN_TOKEN` reads this node's environment"),
+        "{err}"
+    );
+    let r = common::request(&gw.addr, "GET", "/", &[("x-api-key", common::gateway::ADMIN_TOKEN)], None);
+    assert_eq!(r.status, 401);
+    let bad = etcd.put(key, &keyed("file:/etc/gatehouse/../../etc/hostname"));
+    wait_until(WAIT, "the climbing path refused", || source(&gw)["refused_revision"] == bad);
+}
+
+#[test]
+fn a_revision_refused_because_of_the_node_file_applies_after_the_node_file_is_fixed() {
+    let dir = common::gateway::test_dir();
+    let etcd = Etcd::start(&dir);
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let key = "/gatehouse/nodefix";
+    let r1 = push_ok(&dir, &etcd, key, &shared(&a));
+    let local = "[plans.local]\n";
+    let mut gw = Gateway::start(&format!("{}{local}", node(&etcd, key)));
+    assert!(serves(&gw, "a"));
+    // The shared document now has [plans] too: this node refuses it (a table in both).
+    let r2 = etcd.put(key, &format!("{}[plans.gold]\n", shared(&b)));
+    wait_until(WAIT, "the overlap refused", || source(&gw)["refused_revision"] == r2);
+    assert!(source(&gw)["refused_errors"][0]
+        .as_str()
+        .unwrap_or("")
+        .contains(": plans: is also in the shared config"));
+    assert_eq!(source(&gw)["applied_revision"], r1);
+
+    // The operator drops the node's own [plans] and reloads: the refused revision applies.
+    gw.write_config(&node(&etcd, key));
+    let r = gw.reload();
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until(WAIT, "the refused revision applied", || serves(&gw, "b"));
+    let s = source(&gw);
+    assert_eq!(s["applied_revision"], r2);
+    assert!(s["refused_revision"].is_null(), "{s}");
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(WAIT));
 }

@@ -130,13 +130,15 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         std::process::id()
     ));
     // Owner-only: the managed file and the fleet cache can hold consumers' keys.
+    // A new file (a leftover is removed first), never followed through a symlink.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?
     };
     f.write_all(text.as_bytes())?;

@@ -41,6 +41,10 @@ pub struct ConfigSourceCfg {
     /// `--client-cert-auth`. Read at each connection, so rotated files are picked up.
     #[serde(default)]
     pub tls_ca: Option<String>,
+    /// The `env:`/`file:` references the shared document may use on this node: exact, or
+    /// a prefix ending in `*` (`"env:SHARED_*"`, `"file:/etc/gatehouse/shared/*"`).
+    #[serde(default)]
+    pub shared_secrets: Vec<String>,
     #[serde(default)]
     pub tls_cert: Option<String>,
     #[serde(default)]
@@ -162,12 +166,22 @@ pub fn of_node(node_name: &str, node_text: &str) -> Result<Option<ConfigSourceCf
 
 /// The shared document's own problems, each against its own name and lines: not TOML, a
 /// node-only table, a value of the wrong type.
-pub fn check_shared(shared_name: &str, shared_text: &str) -> Result<toml::Table, ConfigErrors> {
-    super::deserialize(shared_name, shared_text)?;
-    let table: toml::Table = shared_text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigErrors::one(ConfigError::new(shared_name, "", e.message().to_string())))?;
-    let errors: Vec<ConfigError> = table
+///
+/// `allowed` is the node's `shared_secrets`: an `env:` or `file:` reference outside it is
+/// refused before anything resolves it, so whoever writes the key cannot make a node send
+/// its own secrets (its admin token, its etcd password) to a tracing or metering endpoint.
+/// `None` (a push without a node file) leaves them unchecked.
+pub fn check_shared(shared_name: &str, shared_text: &str, allowed: Option<&[String]>) -> Result<toml::Table, ConfigErrors> {
+    let table: toml::Table = match shared_text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            // The deserializer names the line; it stops at the syntax, before any secret.
+            super::deserialize(shared_name, shared_text)?;
+            let e: toml::de::Error = e;
+            return Err(ConfigErrors::one(ConfigError::new(shared_name, "", e.message().to_string())));
+        }
+    };
+    let mut errors: Vec<ConfigError> = table
         .keys()
         .filter(|k| NODE_ONLY.contains(&k.as_str()))
         .map(|k| {
@@ -178,18 +192,68 @@ pub fn check_shared(shared_name: &str, shared_text: &str) -> Result<toml::Table,
             )
         })
         .collect();
-    if errors.is_empty() {
-        Ok(table)
-    } else {
-        Err(ConfigErrors(errors))
+    if let Some(allowed) = allowed {
+        for (key, reference) in secret_refs(&table) {
+            if !allowed_ref(&reference, allowed) {
+                errors.push(ConfigError::new(
+                    shared_name,
+                    &key,
+                    format!(
+                        "`{reference}` reads this node's environment or files: list it in the node's config_source.shared_secrets to allow it"
+                    ),
+                ));
+            }
+        }
     }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    super::deserialize(shared_name, shared_text)?;
+    Ok(table)
+}
+
+/// Every `env:`/`file:` string in the document, with its key path.
+fn secret_refs(table: &toml::Table) -> Vec<(String, String)> {
+    fn walk(v: &toml::Value, path: String, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::String(s) if s.starts_with("env:") || s.starts_with("file:") => out.push((path, s.clone())),
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(v, format!("{path}.{k}"), out);
+                }
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in table {
+        walk(v, k.clone(), &mut out);
+    }
+    out
+}
+
+/// Exact, or a prefix ending in `*`; a path that climbs (`..`) never matches.
+fn allowed_ref(reference: &str, allowed: &[String]) -> bool {
+    if reference.starts_with("file:") && reference.split('/').any(|c| c == "..") {
+        return false;
+    }
+    allowed.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => reference.starts_with(prefix),
+        None => reference == p,
+    })
 }
 
 /// Joins the node file and the shared document into the text a load parses, and parses
 /// and validates it. Each error names the document its top-level table came from.
 pub fn compose(node_name: &str, node_text: &str, shared_name: &str, shared_text: &str) -> Result<(File, String), ConfigErrors> {
     super::deserialize(node_name, node_text)?;
-    let shared = check_shared(shared_name, shared_text)?;
+    let allowed = of_node(node_name, node_text)?.map(|c| c.shared_secrets).unwrap_or_default();
+    let shared = check_shared(shared_name, shared_text, Some(&allowed))?;
     let mut node: toml::Table = node_text
         .parse()
         .map_err(|e: toml::de::Error| ConfigErrors::one(ConfigError::new(node_name, "", e.message().to_string())))?;
@@ -212,14 +276,27 @@ pub fn compose(node_name: &str, node_text: &str, shared_name: &str, shared_text:
     let text = toml::to_string(&node)
         .map_err(|e| ConfigErrors::one(ConfigError::new(node_name, "", format!("cannot render the joined config: {e}"))))?;
     super::parse_str(node_name, &text).map(|file| (file, text)).map_err(|mut errors| {
-        for e in &mut errors.0 {
-            let top = e.key.split(['.', '[']).next().unwrap_or("");
-            if shared_keys.iter().any(|k| k == top) {
-                e.file = shared_name.to_string();
-            }
-        }
+        name_shared(&mut errors, &shared_keys, shared_name);
         errors
     })
+}
+
+fn name_shared(errors: &mut ConfigErrors, shared_keys: &[String], shared_name: &str) {
+    for e in &mut errors.0 {
+        let top = e.key.split(['.', '[']).next().unwrap_or("");
+        if shared_keys.iter().any(|k| k == top) {
+            e.file = shared_name.to_string();
+        }
+    }
+}
+
+/// Names the shared document in errors (from a later build, say) about its tables.
+pub fn attribute(errors: &mut ConfigErrors, shared_text: &str, shared_name: &str) {
+    let keys: Vec<String> = shared_text
+        .parse::<toml::Table>()
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    name_shared(errors, &keys, shared_name);
 }
 
 #[cfg(test)]
@@ -227,6 +304,29 @@ mod tests {
     use super::*;
 
     const NODE: &str = "[listeners.main]\naddr = \"127.0.0.1:1\"\n[config_source]\ntype = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nkey = \"/k\"\n";
+
+    #[test]
+    fn secret_references_match_exactly_or_by_prefix_and_never_climb() {
+        let allowed = vec![
+            "env:FLEET_*".to_string(),
+            "file:/etc/gatehouse/shared/*".to_string(),
+            "env:ONE".to_string(),
+        ];
+        assert!(allowed_ref("env:FLEET_KEY", &allowed));
+        assert!(allowed_ref("env:ONE", &allowed));
+        assert!(!allowed_ref("env:ONE_MORE", &allowed));
+        assert!(!allowed_ref("env:GATEHOUSE_ADMIN_TOKEN", &allowed));
+        assert!(allowed_ref("file:/etc/gatehouse/shared/k", &allowed));
+        assert!(!allowed_ref("file:/etc/gatehouse/shared/../admin-token", &allowed));
+        let t: toml::Table = "a = [\"env:X\", \"lit\"]\n[b.c]\nd = \"file:/f\"\n".parse().unwrap();
+        assert_eq!(
+            secret_refs(&t),
+            vec![
+                ("a[0]".to_string(), "env:X".to_string()),
+                ("b.c.d".to_string(), "file:/f".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn shared_tables_join_the_node_ones() {

@@ -13,10 +13,27 @@ pub struct Revision {
 }
 
 /// What a read of the key found, and the store's revision at the time of the read (a
-/// watch resumes after it).
+/// watch resumes after it). A value that is not text is refused with its revision, not
+/// taken for an outage.
 pub struct Read {
-    pub value: Option<Revision>,
+    pub value: Option<Result<Revision, (i64, String)>>,
     pub header_revision: i64,
+}
+
+/// An etcd error with its causes: tonic's transport error says only "transport error"
+/// until its sources are followed.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// PEM files for TLS to etcd.
@@ -69,7 +86,9 @@ fn options(timeout: Duration, user: Option<(&str, &str)>, tls: Option<&TlsFiles>
         .with_connect_timeout(timeout)
         .with_timeout(timeout)
         .with_keep_alive(Duration::from_secs(10), timeout)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the quorum refuses instead of serving a watch that never fires.
+        .with_require_leader(true);
     if let Some((u, p)) = user {
         o = o.with_user(u, p);
     }
@@ -93,7 +112,7 @@ async fn connect_to(endpoints: &[String], timeout: Duration, user: Option<(&str,
     let opts = options(timeout, user, tls)?;
     match tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("cannot reach etcd at {joined}: {e}")),
+        Ok(Err(e)) => Err(format!("cannot reach etcd at {joined}: {}", chain(&e))),
         Err(_) => Err(format!("cannot reach etcd at {joined}: no answer within {timeout:?}")),
     }
 }
@@ -102,12 +121,12 @@ pub async fn read(client: &mut Client, key: &str) -> Result<Read, String> {
     let resp = client
         .get(key, None)
         .await
-        .map_err(|e| format!("cannot read etcd key {key}: {e}"))?;
+        .map_err(|e| format!("cannot read etcd key {key}: {}", chain(&e)))?;
     let header_revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let value = match resp.kvs().first() {
-        None => None,
-        Some(kv) => Some(revision_of(key, kv)?),
-    };
+    let value = resp
+        .kvs()
+        .first()
+        .map(|kv| revision_of(key, kv).map_err(|e| (kv.mod_revision(), e)));
     Ok(Read { value, header_revision })
 }
 
@@ -123,7 +142,7 @@ pub fn revision_of(key: &str, kv: &etcd_client::KeyValue) -> Result<Revision, St
 }
 
 /// Reads the key once: for a start, before anything serves.
-pub async fn fetch(cfg: &ConfigSourceCfg) -> Result<Option<Revision>, String> {
+pub async fn fetch(cfg: &ConfigSourceCfg) -> Result<Option<Result<Revision, (i64, String)>>, String> {
     let mut client = connect(cfg).await?;
     let joined = cfg.endpoints.join(", ");
     match tokio::time::timeout(cfg.timeout.0, read(&mut client, &cfg.key)).await {
@@ -140,11 +159,16 @@ pub async fn push(
     text: &str,
     expect: Option<i64>,
     timeout: Duration,
+    user: Option<(&str, &str)>,
     tls: Option<&TlsFiles>,
 ) -> Result<i64, String> {
-    let mut client = connect_to(endpoints, timeout, None, tls).await?;
+    let mut client = connect_to(endpoints, timeout, user, tls).await?;
     let current = read(&mut client, key).await?;
-    let at = current.value.as_ref().map(|v| v.revision).unwrap_or(0);
+    let at = match &current.value {
+        None => 0,
+        Some(Ok(v)) => v.revision,
+        Some(Err((rev, _))) => *rev,
+    };
     if let Some(want) = expect {
         if want != at {
             return Err(format!(
@@ -152,14 +176,17 @@ pub async fn push(
             ));
         }
     }
-    if current.value.as_ref().is_some_and(|v| v.text == text) {
+    if current.value.as_ref().is_some_and(|v| v.as_ref().is_ok_and(|v| v.text == text)) {
         return Err(format!("{key} already holds this config at revision {at}: nothing pushed"));
     }
     // The mod_revision of an absent key compares as 0.
     let txn = Txn::new()
         .when([Compare::mod_revision(key, CompareOp::Equal, at)])
         .and_then([TxnOp::put(key, text, None)]);
-    let resp = client.txn(txn).await.map_err(|e| format!("cannot write etcd key {key}: {e}"))?;
+    let resp = client
+        .txn(txn)
+        .await
+        .map_err(|e| format!("cannot write etcd key {key}: {}", chain(&e)))?;
     if !resp.succeeded() {
         return Err(format!(
             "{key} changed while pushing (it was at revision {at}): nothing pushed; try again"

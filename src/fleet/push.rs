@@ -13,6 +13,8 @@ pub struct Push<'a> {
     /// A node file to check the join with (its `[store]` and listeners, say).
     pub node: Option<&'a Path>,
     pub timeout: Duration,
+    /// etcd's authentication: the user, with the password from `GATEHOUSE_ETCD_PASSWORD`.
+    pub user: Option<String>,
     /// For `https://` endpoints.
     pub tls: super::etcd::TlsFiles,
 }
@@ -38,7 +40,7 @@ fn read(path: &Path) -> Result<String, Refused> {
 pub fn run(p: &Push) -> Result<i64, Refused> {
     let name = p.file.display().to_string();
     let text = read(p.file)?;
-    config::source::check_shared(&name, &text).map_err(Refused::Invalid)?;
+    config::source::check_shared(&name, &text, None).map_err(Refused::Invalid)?;
     match p.node {
         Some(node) => {
             let node_name = node.display().to_string();
@@ -64,6 +66,22 @@ pub fn run(p: &Push) -> Result<i64, Refused> {
         .build()
         .map_err(|e| Refused::Etcd(format!("cannot start a runtime: {e}")))?;
     let tls = p.endpoints.iter().any(|e| e.starts_with("https://")).then_some(&p.tls);
-    rt.block_on(super::etcd::push(p.endpoints, p.key, &text, p.expect_revision, p.timeout, tls))
-        .map_err(Refused::Etcd)
+    let password = match &p.user {
+        Some(_) => Some(
+            std::env::var("GATEHOUSE_ETCD_PASSWORD")
+                .map_err(|_| Refused::Etcd("--user needs the password in GATEHOUSE_ETCD_PASSWORD".into()))?,
+        ),
+        None => None,
+    };
+    let user = p.user.as_deref().zip(password.as_deref());
+    rt.block_on(super::etcd::push(
+        p.endpoints,
+        p.key,
+        &text,
+        p.expect_revision,
+        p.timeout,
+        user,
+        tls,
+    ))
+    .map_err(Refused::Etcd)
 }

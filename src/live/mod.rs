@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+mod fleet;
 mod write;
 pub use write::{WriteError, Written};
 
@@ -65,18 +66,6 @@ impl Live {
             boot: file,
             fleet: Mutex::new(None),
         })
-    }
-
-    /// A fleet node's live config: `text` joins `fleet`'s two documents.
-    pub fn with_fleet(path: &Path, text: &str, file: config::File, fleet: crate::fleet::FleetText) -> Result<Live, ConfigErrors> {
-        let live = Live::new(path, text, file)?;
-        *lock(&live.fleet) = Some(fleet);
-        Ok(live)
-    }
-
-    /// The shared revision serving now, in fleet mode.
-    pub fn fleet_revision(&self) -> Option<i64> {
-        lock(&self.fleet).as_ref().map(|f| f.shared.revision)
     }
 
     /// The snapshot a request should use from start to end.
@@ -154,16 +143,12 @@ impl Live {
         if let Some(f) = lock(&self.fleet).as_mut() {
             f.node_text = node_text;
         }
+        self.retry_refused();
         Ok(Reloaded {
             hash: self.current.load().hash.clone(),
             changed,
             needs_upgrade,
         })
-    }
-
-    fn shared_name(&self, revision: i64) -> String {
-        let key = self.boot.config_source.as_ref().map(|c| c.key.as_str()).unwrap_or("");
-        crate::fleet::shared_name(key, revision)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Changes to the live config that do not come from editing the file: config writes of
 //! the admin API (into the managed file) and target sets found by DNS discovery.
 
-use super::{errors_of, lock, needs_upgrade, text_hash, Live};
+use super::{lock, text_hash, Live};
 use crate::config;
 use crate::metrics::METRICS;
 use crate::snapshot::Snapshot;
@@ -44,38 +44,6 @@ impl Live {
             Ok(snap) => self.current.store(Arc::new(snap)),
             Err(e) => log::error!("discovery: the new targets are not applied, the config no longer builds: {e}"),
         }
-    }
-
-    /// Applies a new revision of the shared document (fleet mode): joined to the node text
-    /// last loaded (an unreloaded edit of the node file is not carried along) and built as
-    /// a reload builds, under the same lock. An error changes nothing.
-    pub fn apply_shared(&self, shared: crate::fleet::etcd::Revision) -> Result<(), Vec<String>> {
-        let _serial = lock(&self.serial);
-        let Some(mut fleet) = lock(&self.fleet).clone() else {
-            return Err(vec!["this node is not in fleet mode (no [config_source])".into()]);
-        };
-        let name = self.path.display().to_string();
-        let (file, text) =
-            config::source::compose(&name, &fleet.node_text, &self.shared_name(shared.revision), &shared.text).map_err(errors_of)?;
-        let current = self.current.load_full();
-        let needs = needs_upgrade(&self.boot, &file);
-        if current.material != crate::snapshot::material_digest(&file, &text) {
-            let snap = Snapshot::build(file, &text, &name, Some(&current)).map_err(errors_of)?;
-            crate::logging::set_level(&snap.file.log.level);
-            self.current.store(Arc::new(snap));
-        }
-        for n in &needs {
-            log::warn!("config change needs an upgrade (gatehouse -u) to take effect: {n}");
-        }
-        fleet.shared = shared;
-        *lock(&self.fleet) = Some(fleet);
-        let mut status = lock(&self.status);
-        status.needs_upgrade = needs;
-        status.reloads += 1;
-        status.last_error.clear();
-        status.last_attempt = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
-        METRICS.reloads.with_label_values(&["ok"]).inc();
-        Ok(())
     }
 
     /// Applies `edit` to the managed file and swaps in the result, or changes nothing.
