@@ -303,3 +303,31 @@ fn reload_reports_changes_that_need_an_upgrade() {
         serde_json::json!(["server.threads"])
     );
 }
+
+/// Costs a config could impose on every node (found by attacking fleet mode, where the
+/// config comes from whoever can write one etcd key): each refused at load.
+#[test]
+fn configs_that_would_exhaust_a_node_are_refused() {
+    // A route regex of ~9 MiB compiled (Unicode \w, repeated): a table of them takes gigabytes.
+    refused(
+        &BASE.replace("paths = [\"/users\"]", "paths = [\"~^/x/\\\\w{150}$\"]"),
+        "routes.users.paths[0]",
+        "invalid regex",
+    );
+    let (code, err, _) = check(&BASE.replace("paths = [\"/users\"]", "paths = [\"~^/v[0-9]+/users/[a-z0-9_-]{1,64}$\"]"));
+    assert_eq!(code, 0, "an ordinary regex still loads: {err}");
+    // An argon2 hash whose cost every failed login pays: 4 GB of memory per check.
+    refused(
+        &format!("{BASE}\n[consumers.a]\nbasic_auth = {{ username = \"a\", password_hash = \"$argon2id$v=19$m=4000000,t=3,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA\" }}\n"),
+        "consumers.a.basic_auth.password_hash",
+        "argon2 cost m=4000000 is over 65536",
+    );
+    // The span queue and batch, allocated up front.
+    refused(
+        &format!(
+            "{BASE}\n[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\nmax_queue = 1000000000000\nmax_batch = 1000000000000\n"
+        ),
+        "tracing.max_queue",
+        "must be between 1 and 1000000",
+    );
+}

