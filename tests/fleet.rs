@@ -63,6 +63,22 @@ fn push_ok(dir: &Path, etcd: &Etcd, key: &str, text: &str) -> i64 {
         .unwrap_or_else(|| panic!("no revision in `{out}`"))
 }
 
+/// Starts a node on the usual header plus `body` in a fresh directory, expecting it to
+/// refuse to start: returns the config's path and what it printed.
+fn start_refused(body: &str) -> (std::path::PathBuf, String) {
+    let dir = common::gateway::test_dir();
+    let text = format!("{}\n{body}", common::gateway::HEADER)
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{listen}", &format!("127.0.0.1:{}", common::free_port()))
+        .replace("{admin}", &format!("127.0.0.1:{}", common::free_port()));
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(Gateway::bin()).arg("-c").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    (path, err)
+}
+
 fn source(gw: &Gateway) -> serde_json::Value {
     gw.admin_get("/status").json()["config_source"].clone()
 }
@@ -250,16 +266,7 @@ fn a_node_started_while_etcd_is_down_serves_from_its_cache_or_refuses_to_start()
     assert_eq!(s["connected"], false);
 
     // Without a cache there is nothing good to start from.
-    let bare = common::gateway::test_dir();
-    let text = format!("{}\n{}", common::gateway::HEADER, node(&etcd, key))
-        .replace("{dir}", &bare.display().to_string())
-        .replace("{listen}", &format!("127.0.0.1:{}", common::free_port()))
-        .replace("{admin}", &format!("127.0.0.1:{}", common::free_port()));
-    let path = bare.join("gatehouse.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(Gateway::bin()).arg("-c").arg(&path).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = start_refused(&node(&etcd, key));
     assert!(err.contains("cannot reach etcd at http://127.0.0.1:"), "{err}");
     assert!(err.contains("no last good config is cached"), "{err}");
 
@@ -351,21 +358,11 @@ fn nodes_reach_a_tls_etcd_with_client_certificates_and_refuse_one_they_cannot_ve
     // cache, does not start.
     let other = Ca::new("someone else");
     let other_path = other.write(&dir, "other-ca.pem");
-    let bare = common::gateway::test_dir();
-    let text = format!(
-        "{}\n{}tls_ca = \"{}\"\ntls_cert = \"{cert_arg}\"\ntls_key = \"{key_arg}\"\n",
-        common::gateway::HEADER,
+    let (path, err) = start_refused(&format!(
+        "{}tls_ca = \"{}\"\ntls_cert = \"{cert_arg}\"\ntls_key = \"{key_arg}\"\n",
         node(&etcd, key),
         other_path.display()
-    )
-    .replace("{dir}", &bare.display().to_string())
-    .replace("{listen}", &format!("127.0.0.1:{}", common::free_port()))
-    .replace("{admin}", &format!("127.0.0.1:{}", common::free_port()));
-    let path = bare.join("gatehouse.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(Gateway::bin()).arg("-c").arg(&path).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    ));
     assert!(err.contains("cannot reach etcd at https://127.0.0.1:"), "{err}");
     assert!(err.contains("invalid peer certificate"), "{err}");
 
