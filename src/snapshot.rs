@@ -53,6 +53,8 @@ pub struct Route {
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     /// The route's event type and dimensions, when `[metering]` is on.
     pub meter: Option<Arc<crate::metering::RouteMeter>>,
+    /// Backends this route calls and merges, instead of proxying to `cluster`.
+    pub aggregate: Option<Arc<crate::proxy::aggregate::Plan>>,
 }
 
 type PluginKey = (String, String);
@@ -263,7 +265,14 @@ impl Snapshot {
                 ),
                 None => None,
             };
+            let aggregate = match &r.aggregate {
+                Some(a) => Some(Arc::new(
+                    crate::proxy::aggregate::Plan::build(name, a, &clusters).map_err(|(k, e)| err(format!("{base}.aggregate.{k}"), e))?,
+                )),
+                None => None,
+            };
             let route = Route {
+                aggregate,
                 name: Arc::from(name.as_str()),
                 auth_end,
                 cache,

@@ -353,6 +353,9 @@ pub struct Route {
     pub sample_ratio: Option<f64>,
     #[serde(default)]
     pub metering: Option<super::RouteMeteringCfg>,
+    /// Answer by calling several backends and merging their JSON, instead of proxying.
+    #[serde(default)]
+    pub aggregate: Option<super::AggregateCfg>,
     #[serde(default)]
     pub plugins: BTreeMap<String, toml::Value>,
 }

@@ -5,6 +5,7 @@
 //! hot path.
 
 mod admin;
+mod aggregate;
 mod alerts;
 pub mod discovery;
 mod error;
@@ -18,6 +19,7 @@ mod upstream;
 mod validate;
 pub mod values;
 
+pub use aggregate::{AggregateCfg, BackendCfg, Merge, OnPartial, Part, Source, Template};
 pub use alerts::{default_windows, AlertsCfg, ReceiverCfg, ReceiverKind, RuleCfg, RuleKind, Threshold, WindowCfg};
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;

@@ -513,8 +513,11 @@ fn routes(f: &File, out: &mut Findings) {
                     format!("upstream `{u}` is not defined (defined: {})", names(f.upstreams.keys())),
                 ));
             }
-            None if !answers_itself => {
-                out.push((format!("{base}.upstream"), "required unless the route has a respond plugin".into()));
+            None if !answers_itself && r.aggregate.is_none() => {
+                out.push((
+                    format!("{base}.upstream"),
+                    "required unless the route has a respond plugin or an aggregate table".into(),
+                ));
             }
             _ => {}
         }
@@ -540,6 +543,7 @@ fn routes(f: &File, out: &mut Findings) {
                 "grpc-web is bridged to gRPC: set grpc = true too".into(),
             ));
         }
+        super::aggregate::validate(f, name, r, out);
         plugins(&format!("{base}.plugins"), &r.plugins, out);
     }
 }

@@ -6,6 +6,7 @@
 //! `response_filter` (hop-by-hop, response-side plugins) -> `logging` (metrics, access log).
 //! Failures land in `fail_to_connect` (retry elsewhere) and `fail_to_proxy` (JSON error).
 
+pub mod aggregate;
 mod answer;
 mod auth;
 mod chain;
@@ -184,6 +185,10 @@ impl ProxyHttp for Gateway {
                 answer::write(session, ctx, a, true).await;
                 return Ok(true);
             }
+        }
+        if let Some(plan) = route.aggregate.as_deref() {
+            aggregate::respond(session, ctx, plan).await;
+            return Ok(true);
         }
         if let (true, Some(idle)) = (ctx.websocket, route.websocket) {
             // The session's one idle clock (both directions) replaces the per-read deadline.

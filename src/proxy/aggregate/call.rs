@@ -1,0 +1,227 @@
+//! One backend call: a target picked from the backend's cluster (its balancing, health,
+//! breaker, TLS and HTTP/2 settings apply), a request without a body, and the response read
+//! into memory up to the limit and parsed as JSON.
+//!
+//! The calls go through one Pingora connector with its own connection pool: the proxy's
+//! pool lives inside Pingora's proxy service and cannot be borrowed.
+
+use super::plan::Backend;
+use crate::upstream::InFlight;
+use bytes::BytesMut;
+use once_cell::sync::Lazy;
+use pingora_core::connectors::http::Connector;
+use pingora_http::RequestHeader;
+use std::time::Instant;
+
+static CONNECTOR: Lazy<Connector> = Lazy::new(|| Connector::new(None));
+
+/// Why a backend failed: its `reason` label and the `_errors` text.
+#[derive(Debug)]
+pub enum Failure {
+    NoTarget,
+    Connect(String),
+    Io(String),
+    Status(u16),
+    TooLarge,
+    BadJson(String),
+    NotObject,
+    Timeout,
+}
+
+/// Every `reason` label, so the failure series exist at zero from the first load.
+pub const REASONS: [&str; 8] = [
+    "no_target",
+    "connect",
+    "io",
+    "status",
+    "too_large",
+    "bad_json",
+    "not_object",
+    "timeout",
+];
+
+impl Failure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::NoTarget => REASONS[0],
+            Failure::Connect(_) => REASONS[1],
+            Failure::Io(_) => REASONS[2],
+            Failure::Status(_) => REASONS[3],
+            Failure::TooLarge => REASONS[4],
+            Failure::BadJson(_) => REASONS[5],
+            Failure::NotObject => REASONS[6],
+            Failure::Timeout => REASONS[7],
+        }
+    }
+
+    /// What the client may read in `_errors`: no addresses or internal error text.
+    pub fn public(&self) -> String {
+        match self {
+            Failure::Status(s) => format!("status {s}"),
+            Failure::TooLarge => "response too large".into(),
+            Failure::BadJson(_) => "response is not JSON".into(),
+            Failure::NotObject => "response is not a JSON object".into(),
+            Failure::Timeout => "timed out".into(),
+            Failure::NoTarget => "no healthy target".into(),
+            Failure::Connect(_) | Failure::Io(_) => "connection failed".into(),
+        }
+    }
+
+    /// For the error log: the cause included.
+    pub fn detail(&self) -> String {
+        match self {
+            Failure::Connect(e) | Failure::Io(e) | Failure::BadJson(e) => format!("{}: {e}", self.public()),
+            _ => self.public(),
+        }
+    }
+}
+
+/// Headers every backend request carries, built once per client request.
+pub struct Forward {
+    pub request_id: Option<http::HeaderValue>,
+    pub client_ip: http::HeaderValue,
+    pub proto: &'static str,
+    pub consumer: Option<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// What one attempt on one target came to.
+enum Attempt {
+    Connect(String),
+    /// A pooled connection failed before any answer: the target closed it while idle.
+    Stale(String),
+    Answer(u16, Result<bytes::Bytes, Failure>),
+}
+
+/// Calls `b` at `target` (already filled in), giving up at `deadline`. A connect failure
+/// moves to another target as the cluster's `retries` allow; a pooled connection that
+/// turns out closed is retried once on a fresh one. What the target caused (connect
+/// errors, timeouts, 5xx, a broken response) counts against it in the circuit breaker.
+pub async fn fetch(
+    b: &Backend,
+    target: &str,
+    fwd: &Forward,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<serde_json::Value, Failure> {
+    let cluster = &b.cluster;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut stale_retried = false;
+    loop {
+        let idx = match cluster.select(None, &tried) {
+            Some(i) => i,
+            None => match tried.last() {
+                Some(i) if stale_retried => *i,
+                _ => return Err(Failure::NoTarget),
+            },
+        };
+        if !tried.contains(&idx) {
+            tried.push(idx);
+        }
+        let flight = InFlight::new(cluster.clone(), idx);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout_at(deadline, attempt(b, &flight, idx, target, fwd, limit)).await;
+        cluster.duration.observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Err(_) => {
+                flight.report(false);
+                return Err(Failure::Timeout);
+            }
+            Ok(Attempt::Connect(e)) => {
+                flight.report(false);
+                if tried.len() <= cluster.retries as usize {
+                    continue;
+                }
+                return Err(Failure::Connect(e));
+            }
+            Ok(Attempt::Stale(e)) => {
+                if !stale_retried {
+                    stale_retried = true;
+                    continue;
+                }
+                flight.report(false);
+                return Err(Failure::Io(e));
+            }
+            Ok(Attempt::Answer(status, body)) => {
+                flight.report(status < 500 && !matches!(body, Err(Failure::Io(_))));
+                let body = body?;
+                if !(200..300).contains(&status) {
+                    return Err(Failure::Status(status));
+                }
+                return serde_json::from_slice(&body).map_err(|e| Failure::BadJson(e.to_string()));
+            }
+        }
+    }
+}
+
+async fn attempt(b: &Backend, flight: &InFlight, idx: usize, target: &str, fwd: &Forward, limit: usize) -> Attempt {
+    let peer = b.cluster.peer(idx, Some(b.timeout));
+    let (mut session, reused) = match CONNECTOR.get_http_session(&*peer).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Connect(e.to_string()),
+    };
+    let req = match request(b, target, flight.target().host_header.clone(), fwd) {
+        Ok(r) => r,
+        Err(e) => return Attempt::Answer(0, Err(Failure::Io(e.to_string()))),
+    };
+    let sent = async {
+        session.write_request_header(Box::new(req)).await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await
+    }
+    .await;
+    if let Err(e) = sent {
+        session.shutdown().await;
+        return if reused {
+            Attempt::Stale(e.to_string())
+        } else {
+            Attempt::Answer(0, Err(Failure::Io(e.to_string())))
+        };
+    }
+    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    let declared = session
+        .response_header()
+        .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match declared {
+        Some(n) if n > limit as u64 => Err(Failure::TooLarge),
+        _ => read_body(&mut session, limit).await,
+    };
+    if body.is_ok() {
+        CONNECTOR.release_http_session(session, &*peer, peer.options.idle_timeout).await;
+    } else {
+        session.shutdown().await;
+    }
+    Attempt::Answer(status, body)
+}
+
+fn request(b: &Backend, target: &str, host: http::HeaderValue, fwd: &Forward) -> pingora_error::Result<RequestHeader> {
+    let mut req = RequestHeader::build_no_case(b.method.clone(), target.as_bytes(), Some(6))?;
+    req.insert_header(http::header::HOST, host)?;
+    req.insert_header(http::header::ACCEPT, "application/json")?;
+    req.insert_header("x-forwarded-for", fwd.client_ip.clone())?;
+    req.insert_header("x-forwarded-proto", fwd.proto)?;
+    if let Some(id) = &fwd.request_id {
+        req.insert_header("x-request-id", id.clone())?;
+    }
+    if let Some((n, v)) = &fwd.consumer {
+        req.insert_header(n.clone(), v.clone())?;
+    }
+    Ok(req)
+}
+
+async fn read_body(session: &mut pingora_core::protocols::http::client::HttpSession, limit: usize) -> Result<bytes::Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_response_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(Failure::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => return Err(Failure::Io(e.to_string())),
+        }
+    }
+}
