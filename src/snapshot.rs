@@ -53,6 +53,8 @@ pub struct Route {
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     /// The route's event type and dimensions, when `[metering]` is on.
     pub meter: Option<Arc<crate::metering::RouteMeter>>,
+    /// The function this route invokes, instead of proxying to `cluster`.
+    pub function: Option<Arc<crate::upstream::function::Function>>,
     /// Backends this route calls and merges, instead of proxying to `cluster`.
     pub aggregate: Option<Arc<crate::proxy::aggregate::Plan>>,
 }
@@ -136,6 +138,13 @@ pub fn material_digest(file: &config::File, text: &str) -> [u8; 32] {
             m.extend_from_slice(k.value.as_bytes());
         }
     }
+    // A function's keys from a rotated `file:`.
+    for u in file.upstreams.values() {
+        for s in [&u.access_key, &u.secret_key, &u.session_token].into_iter().flatten() {
+            m.push(2);
+            m.extend_from_slice(s.value.as_bytes());
+        }
+    }
     for (_, t, _) in file.admin.iter().flat_map(|a| a.all_tokens()) {
         m.push(1);
         m.extend_from_slice(t.value.as_bytes());
@@ -181,7 +190,13 @@ impl Snapshot {
         }
 
         let mut clusters = BTreeMap::new();
+        let mut functions = BTreeMap::new();
         for (name, u) in &file.upstreams {
+            if u.kind == config::UpstreamKind::AwsLambda {
+                let f = crate::upstream::function::Function::new(name, u).map_err(|e| err(format!("upstreams.{name}"), e))?;
+                functions.insert(name.clone(), Arc::new(f));
+                continue;
+            }
             let before = prev.and_then(|p| p.clusters.get(name));
             let cluster = match before.filter(|c| c.config == *u) {
                 Some(c) => c.clone(),
@@ -256,7 +271,9 @@ impl Snapshot {
                 let v = http::HeaderValue::from_str(v).map_err(|_| err(format!("{base}.headers.{k}"), "bad header value".into()))?;
                 headers.push((n, v));
             }
+            let function = r.upstream.as_ref().and_then(|u| functions.get(u)).cloned();
             let cluster = match &r.upstream {
+                Some(_) if function.is_some() => None,
                 Some(u) => Some(
                     clusters
                         .get(u)
@@ -267,12 +284,14 @@ impl Snapshot {
             };
             let aggregate = match &r.aggregate {
                 Some(a) => Some(Arc::new(
-                    crate::proxy::aggregate::Plan::build(name, a, &clusters).map_err(|(k, e)| err(format!("{base}.aggregate.{k}"), e))?,
+                    crate::proxy::aggregate::Plan::build(name, a, &clusters, &functions)
+                        .map_err(|(k, e)| err(format!("{base}.aggregate.{k}"), e))?,
                 )),
                 None => None,
             };
             let route = Route {
                 aggregate,
+                function,
                 name: Arc::from(name.as_str()),
                 auth_end,
                 cache,

@@ -57,6 +57,9 @@ fn valid_config_passes_and_shipped_configs_pass() {
             .env("OTLP_TOKEN", "x")
             .env("OPENMETER_TOKEN", "x")
             .env("LAGO_API_KEY", "x")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("ANN_API_KEY", "ann-example-key-0123")
             .env("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
             .output()
             .unwrap();

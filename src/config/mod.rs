@@ -10,6 +10,7 @@ mod alerts;
 pub mod discovery;
 mod error;
 mod file;
+mod function;
 pub mod managed;
 mod metering;
 mod observability;
@@ -23,6 +24,7 @@ pub use aggregate::{AggregateCfg, BackendCfg, Merge, OnPartial, Part, Source, Te
 pub use alerts::{default_windows, AlertsCfg, ReceiverCfg, ReceiverKind, RuleCfg, RuleKind, Threshold, WindowCfg};
 pub use error::{ConfigError, ConfigErrors};
 pub use file::*;
+pub use function::{Payload, UpstreamKind};
 pub use metering::{MeteringCfg, RetryCfg, RouteMeteringCfg, SinkCfg, SinkKind, LAGO_BATCH};
 pub use observability::check_ratio;
 

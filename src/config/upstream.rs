@@ -105,6 +105,29 @@ pub struct Upstream {
     /// Concurrent streams per HTTP/2 upstream connection.
     #[serde(default = "d_max_streams")]
     pub max_streams: usize,
+    /// `aws_lambda`: a function, invoked through the Lambda API instead of proxied to.
+    #[serde(default, rename = "type")]
+    pub kind: super::function::UpstreamKind,
+    /// The function's name or ARN.
+    #[serde(default)]
+    pub function: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `http(s)://host[:port]`; default: the region's Lambda endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub access_key: Option<super::values::Secret>,
+    #[serde(default)]
+    pub secret_key: Option<super::values::Secret>,
+    /// For temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<super::values::Secret>,
+    /// A version or alias.
+    #[serde(default)]
+    pub qualifier: Option<String>,
+    #[serde(default)]
+    pub payload: Option<super::function::Payload>,
 }
 
 fn d_max_streams() -> usize {

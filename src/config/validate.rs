@@ -19,6 +19,7 @@ pub(super) fn validate(f: &mut File) -> Findings {
     super::alerts::validate(f, &mut out);
     super::metering::validate(f, &mut out);
     upstreams(f, &mut out);
+    super::function::validate(f, &mut out);
     store(f, &mut out);
     plans(f, &mut out);
     consumers(f, &mut out);
@@ -280,7 +281,7 @@ fn log(f: &File, out: &mut Findings) {
 fn upstreams(f: &File, out: &mut Findings) {
     for (name, u) in &f.upstreams {
         let base = format!("upstreams.{name}");
-        if u.targets.is_empty() && u.discovery.is_none() {
+        if u.targets.is_empty() && u.discovery.is_none() && u.kind == super::UpstreamKind::Http {
             out.push((format!("{base}.targets"), "at least one target (or discovery) is required".into()));
         }
         if let Some(d) = &u.discovery {

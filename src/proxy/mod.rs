@@ -12,6 +12,7 @@ mod auth;
 mod chain;
 pub mod ctx;
 mod forward;
+mod function;
 mod grpc;
 mod grpc_web;
 pub mod identity;
@@ -185,6 +186,10 @@ impl ProxyHttp for Gateway {
                 answer::write(session, ctx, a, true).await;
                 return Ok(true);
             }
+        }
+        if let Some(f) = route.function.as_deref() {
+            function::respond(session, ctx, f).await;
+            return Ok(true);
         }
         if let Some(plan) = route.aggregate.as_deref() {
             aggregate::respond(session, ctx, plan).await;

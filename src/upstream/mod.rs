@@ -4,6 +4,7 @@
 //! so a reload keeps health state, in-flight counts and the round-robin position.
 
 mod balance;
+pub mod function;
 pub mod health;
 mod health_grpc;
 pub mod stats;

@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod load;
 pub mod meter;
+pub mod moto;
 pub mod otlp;
 pub mod redis;
 pub mod tls;

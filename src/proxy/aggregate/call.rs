@@ -6,11 +6,13 @@
 //! pool lives inside Pingora's proxy service and cannot be borrowed.
 
 use super::plan::Backend;
-use crate::upstream::InFlight;
+use crate::upstream::function::{apigw, Function, InvokeError};
+use crate::upstream::{Cluster, InFlight};
 use bytes::BytesMut;
 use once_cell::sync::Lazy;
 use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
+use std::sync::Arc;
 use std::time::Instant;
 
 static CONNECTOR: Lazy<Connector> = Lazy::new(|| Connector::new(None));
@@ -26,10 +28,13 @@ pub enum Failure {
     BadJson(String),
     NotObject,
     Timeout,
+    /// A function upstream's function failed (its error type).
+    Function(String),
 }
 
 /// Every `reason` label, so the failure series exist at zero from the first load.
-pub const REASONS: [&str; 8] = [
+pub const REASONS: [&str; 9] = [
+    "function_error",
     "no_target",
     "connect",
     "io",
@@ -43,14 +48,15 @@ pub const REASONS: [&str; 8] = [
 impl Failure {
     pub fn reason(&self) -> &'static str {
         match self {
-            Failure::NoTarget => REASONS[0],
-            Failure::Connect(_) => REASONS[1],
-            Failure::Io(_) => REASONS[2],
-            Failure::Status(_) => REASONS[3],
-            Failure::TooLarge => REASONS[4],
-            Failure::BadJson(_) => REASONS[5],
-            Failure::NotObject => REASONS[6],
-            Failure::Timeout => REASONS[7],
+            Failure::Function(_) => "function_error",
+            Failure::NoTarget => "no_target",
+            Failure::Connect(_) => "connect",
+            Failure::Io(_) => "io",
+            Failure::Status(_) => "status",
+            Failure::TooLarge => "too_large",
+            Failure::BadJson(_) => "bad_json",
+            Failure::NotObject => "not_object",
+            Failure::Timeout => "timeout",
         }
     }
 
@@ -64,13 +70,14 @@ impl Failure {
             Failure::Timeout => "timed out".into(),
             Failure::NoTarget => "no healthy target".into(),
             Failure::Connect(_) | Failure::Io(_) => "connection failed".into(),
+            Failure::Function(_) => "function failed".into(),
         }
     }
 
     /// For the error log: the cause included.
     pub fn detail(&self) -> String {
         match self {
-            Failure::Connect(e) | Failure::Io(e) | Failure::BadJson(e) => format!("{}: {e}", self.public()),
+            Failure::Connect(e) | Failure::Io(e) | Failure::BadJson(e) | Failure::Function(e) => format!("{}: {e}", self.public()),
             _ => self.public(),
         }
     }
@@ -98,12 +105,12 @@ enum Attempt {
 /// errors, timeouts, 5xx, a broken response) counts against it in the circuit breaker.
 pub async fn fetch(
     b: &Backend,
+    cluster: &Arc<Cluster>,
     target: &str,
     fwd: &Forward,
     limit: usize,
     deadline: tokio::time::Instant,
 ) -> Result<serde_json::Value, Failure> {
-    let cluster = &b.cluster;
     let mut tried: Vec<usize> = Vec::new();
     let mut stale_retried = false;
     loop {
@@ -119,7 +126,7 @@ pub async fn fetch(
         }
         let flight = InFlight::new(cluster.clone(), idx);
         let started = Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, attempt(b, &flight, idx, target, fwd, limit)).await;
+        let outcome = tokio::time::timeout_at(deadline, attempt(b, cluster, &flight, idx, target, fwd, limit)).await;
         cluster.duration.observe(started.elapsed().as_secs_f64());
         match outcome {
             Err(_) => {
@@ -153,8 +160,8 @@ pub async fn fetch(
     }
 }
 
-async fn attempt(b: &Backend, flight: &InFlight, idx: usize, target: &str, fwd: &Forward, limit: usize) -> Attempt {
-    let peer = b.cluster.peer(idx, Some(b.timeout));
+async fn attempt(b: &Backend, cluster: &Cluster, flight: &InFlight, idx: usize, target: &str, fwd: &Forward, limit: usize) -> Attempt {
+    let peer = cluster.peer(idx, Some(b.timeout));
     let (mut session, reused) = match CONNECTOR.get_http_session(&*peer).await {
         Ok(s) => s,
         Err(e) => return Attempt::Connect(e.to_string()),
@@ -224,4 +231,74 @@ async fn read_body(session: &mut pingora_core::protocols::http::client::HttpSess
             Err(e) => return Err(Failure::Io(e.to_string())),
         }
     }
+}
+
+/// A function backend: the filled target as an API Gateway event (no body), or `{}` with
+/// `payload = "raw"`, and the function's answer as the backend's response.
+pub async fn invoke(
+    b: &Backend,
+    f: &Function,
+    target: &str,
+    fwd: &Forward,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<serde_json::Value, Failure> {
+    let payload = match f.payload {
+        crate::config::Payload::Raw => b"{}".to_vec(),
+        crate::config::Payload::ApigwV2 => {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+            headers.insert("x-forwarded-for", fwd.client_ip.clone());
+            headers.insert("x-forwarded-proto", http::HeaderValue::from_static(fwd.proto));
+            if let Some(id) = &fwd.request_id {
+                headers.insert("x-request-id", id.clone());
+            }
+            if let Some((n, v)) = &fwd.consumer {
+                headers.insert(n.clone(), v.clone());
+            }
+            let request_id = fwd.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ip = fwd.client_ip.to_str().unwrap_or("");
+            apigw::event(&apigw::Request {
+                method: b.method.as_str(),
+                path,
+                query,
+                headers: &headers,
+                body: &[],
+                source_ip: ip,
+                request_id,
+                consumer: fwd.consumer.as_ref().and_then(|(_, v)| v.to_str().ok()),
+                route: "",
+                host: "",
+                time_epoch_ms: now_ms(),
+            })
+        }
+    };
+    let invoked = match tokio::time::timeout_at(deadline, f.invoke(payload, limit)).await {
+        Err(_) | Ok(Err(InvokeError::Timeout)) => return Err(Failure::Timeout),
+        Ok(Err(InvokeError::TooLarge)) => return Err(Failure::TooLarge),
+        Ok(Err(e)) => return Err(Failure::Io(e.to_string())),
+        Ok(Ok(i)) => i,
+    };
+    if let Some(kind) = invoked.function_error {
+        let t = apigw::error_type(&invoked.payload).unwrap_or(kind);
+        return Err(Failure::Function(t));
+    }
+    let body = match f.payload {
+        crate::config::Payload::Raw => invoked.payload,
+        crate::config::Payload::ApigwV2 => {
+            let r = apigw::response(&invoked.payload).map_err(Failure::BadJson)?;
+            if !(200..300).contains(&r.status) {
+                return Err(Failure::Status(r.status));
+            }
+            r.body
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| Failure::BadJson(e.to_string()))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -13,6 +13,7 @@ mod fill;
 mod merge;
 pub mod plan;
 
+pub use call::now_ms;
 pub use plan::Plan;
 
 use super::answer;
@@ -53,7 +54,10 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, plan: &Plan) {
             async move {
                 let started = std::time::Instant::now();
                 let deadline = route_deadline.min(now + b.timeout);
-                let r = call::fetch(b, target, fwd, plan.max_body, deadline).await;
+                let r = match &b.call {
+                    plan::Call::Cluster(c) => call::fetch(b, c, target, fwd, plan.max_body, deadline).await,
+                    plan::Call::Function(f) => call::invoke(b, f, target, fwd, plan.max_body, deadline).await,
+                };
                 b.duration.observe(started.elapsed().as_secs_f64());
                 (i, r)
             }
@@ -73,7 +77,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, plan: &Plan) {
                 "route {}: aggregate backend {} (upstream {}) failed: {} (request {})",
                 ctx.route_name(),
                 b.name,
-                b.cluster.name,
+                b.upstream(),
                 f.detail(),
                 ctx.plugin.request_id
             );

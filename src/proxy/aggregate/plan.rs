@@ -2,6 +2,7 @@
 //! path template and metric handles resolved once, so a request only fills in values.
 
 use crate::config::{self, Merge, OnPartial, Template};
+use crate::upstream::function::Function;
 use crate::upstream::Cluster;
 use once_cell::sync::Lazy;
 use prometheus::{exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
@@ -18,9 +19,15 @@ pub struct Plan {
     pub backends: Vec<Backend>,
 }
 
+/// Where a backend's calls go.
+pub enum Call {
+    Cluster(Arc<Cluster>),
+    Function(Arc<Function>),
+}
+
 pub struct Backend {
     pub name: Arc<str>,
-    pub cluster: Arc<Cluster>,
+    pub call: Call,
     pub template: Template,
     pub method: http::Method,
     pub timeout: Duration,
@@ -33,6 +40,13 @@ pub struct Backend {
 }
 
 impl Backend {
+    pub fn upstream(&self) -> &str {
+        match &self.call {
+            Call::Cluster(c) => &c.name,
+            Call::Function(f) => &f.name,
+        }
+    }
+
     pub fn failed(&self, reason: &str) {
         METRICS.failures.with_label_values(&[&self.route, &self.name, reason]).inc();
     }
@@ -70,15 +84,21 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
 
 impl Plan {
     /// `Err((key, reason))` names the key under `routes.ROUTE.aggregate`.
-    pub fn build(route: &str, cfg: &config::AggregateCfg, clusters: &BTreeMap<String, Arc<Cluster>>) -> Result<Plan, (String, String)> {
+    pub fn build(
+        route: &str,
+        cfg: &config::AggregateCfg,
+        clusters: &BTreeMap<String, Arc<Cluster>>,
+        functions: &BTreeMap<String, Arc<Function>>,
+    ) -> Result<Plan, (String, String)> {
         let route_name: Arc<str> = Arc::from(route);
         let mut backends = Vec::with_capacity(cfg.backends.len());
         for (i, b) in cfg.backends.iter().enumerate() {
             let key = |k: &str| format!("backends[{i}].{k}");
-            let cluster = clusters
-                .get(&b.upstream)
-                .cloned()
-                .ok_or_else(|| (key("upstream"), format!("upstream `{}` is not defined", b.upstream)))?;
+            let call = match (clusters.get(&b.upstream), functions.get(&b.upstream)) {
+                (Some(c), _) => Call::Cluster(c.clone()),
+                (None, Some(f)) => Call::Function(f.clone()),
+                (None, None) => return Err((key("upstream"), format!("upstream `{}` is not defined", b.upstream))),
+            };
             let template = Template::parse(&b.path).map_err(|e| (key("path"), e))?;
             let method = http::Method::from_bytes(b.method.as_bytes()).map_err(|e| (key("method"), e.to_string()))?;
             for reason in super::call::REASONS {
@@ -86,7 +106,7 @@ impl Plan {
             }
             backends.push(Backend {
                 name: Arc::from(b.name.as_str()),
-                cluster,
+                call,
                 template,
                 method,
                 timeout: b.timeout.map_or(cfg.timeout.0, |t| t.0.min(cfg.timeout.0)),
