@@ -26,6 +26,7 @@ pub mod respond;
 pub mod secret;
 pub mod store;
 pub mod util;
+pub mod wasm;
 
 pub use answer::Answer;
 pub use context::{ClientCert, PluginCtx};
@@ -67,6 +68,7 @@ pub const KNOWN: &[&str] = &[
     limits::rate_limit::NAME,
     limits::quota::NAME,
     limits::concurrency::NAME,
+    wasm::NAME,
 ];
 
 /// Builds one plugin instance from its TOML table. Called at config load, never per request.
@@ -85,6 +87,7 @@ pub fn build(name: &str, value: &toml::Value) -> Result<Arc<dyn Plugin>, PluginE
         limits::rate_limit::NAME => Ok(Arc::new(limits::rate_limit::RateLimit::from_config(parse(value)?)?)),
         limits::quota::NAME => Ok(Arc::new(limits::quota::Quota::from_config(parse(value)?)?)),
         limits::concurrency::NAME => Ok(Arc::new(limits::concurrency::ConcurrencyLimit::from_config(parse(value)?)?)),
+        wasm::NAME => Ok(Arc::new(wasm::Wasm::from_config(parse(value)?)?)),
         other => Err(PluginError {
             key: String::new(),
             reason: format!("unknown plugin `{other}` (known: {})", KNOWN.join(", ")),

@@ -1,0 +1,231 @@
+//! One filter instance (a wasmtime store and instance, its root context configured) and the
+//! state the host functions see while it runs a callback. Instances are pooled per filter
+//! and reused across requests; one that traps or hits a limit is dropped, never reused.
+
+use super::abi;
+use super::shared::Shared;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Instance, InstancePre, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+
+/// A response the filter asked for (`proxy_send_local_response`).
+pub struct Local {
+    pub status: u16,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// What the host functions read and write during one callback.
+pub struct State {
+    pub shared: Arc<Shared>,
+    limits: StoreLimits,
+    /// Names lower-case; pseudo-headers (`:path`, `:method`, `:authority`, `:status`) first.
+    pub request: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub response: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub properties: Vec<(&'static str, Vec<u8>)>,
+    pub local: Option<Local>,
+}
+
+impl State {
+    pub fn map(&self, kind: i32) -> Option<&Vec<(Vec<u8>, Vec<u8>)>> {
+        match kind {
+            abi::MAP_REQUEST_HEADERS => self.request.as_ref(),
+            abi::MAP_RESPONSE_HEADERS => self.response.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub fn map_mut(&mut self, kind: i32) -> Option<&mut Vec<(Vec<u8>, Vec<u8>)>> {
+        match kind {
+            abi::MAP_REQUEST_HEADERS => self.request.as_mut(),
+            abi::MAP_RESPONSE_HEADERS => self.response.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// A property by its path (segments joined by NUL, as the ABI sends them).
+    pub fn property(&self, path: &[u8]) -> Option<Vec<u8>> {
+        let mut dotted: Vec<u8> = path.iter().map(|b| if *b == 0 { b'.' } else { *b }).collect();
+        if dotted.last() == Some(&b'.') {
+            dotted.pop();
+        }
+        match dotted.as_slice() {
+            b"plugin_name" => return Some(self.shared.name.as_bytes().to_vec()),
+            b"plugin_root_id" => return Some(self.shared.root_id.as_bytes().to_vec()),
+            _ => {}
+        }
+        self.properties.iter().find(|(k, _)| k.as_bytes() == dotted).map(|(_, v)| v.clone())
+    }
+}
+
+/// Why a callback did not finish.
+#[derive(Debug)]
+pub enum Fault {
+    /// `max_time` passed (epoch interruption).
+    Timeout,
+    /// `max_memory` refused a growth.
+    Memory,
+    /// The guest trapped (unreachable, a bad access, an abort).
+    Trap(String),
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Timeout => "timeout",
+            Fault::Memory => "memory",
+            Fault::Trap(_) => "trap",
+        }
+    }
+
+    fn from(e: wasmtime::Error) -> Fault {
+        if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+            return Fault::Timeout;
+        }
+        let text = format!("{e:#}");
+        if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
+            return Fault::Memory;
+        }
+        Fault::Trap(text)
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Timeout => write!(f, "max_time exceeded"),
+            Fault::Memory => write!(f, "max_memory exceeded"),
+            Fault::Trap(t) => write!(f, "trap: {t}"),
+        }
+    }
+}
+
+const ROOT: i32 = 1;
+
+pub struct Vm {
+    store: Store<State>,
+    on_create: TypedFunc<(i32, i32), ()>,
+    on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+    next_id: i32,
+    /// Epoch ticks (1 ms each) a callback may run.
+    ticks: u64,
+}
+
+impl Vm {
+    /// Instantiates and configures a root context: the start function, `proxy_on_vm_start`
+    /// and `proxy_on_configure` (a filter that answers false refuses its configuration).
+    pub fn new(pre: &InstancePre<State>, shared: Arc<Shared>, max_memory: usize, max_time: Duration) -> Result<Vm, String> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(max_memory)
+            .trap_on_grow_failure(true)
+            .instances(1)
+            .build();
+        let state = State {
+            shared: shared.clone(),
+            limits,
+            request: None,
+            response: None,
+            properties: Vec::new(),
+            local: None,
+        };
+        let mut store = Store::new(pre.module().engine(), state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (max_time.as_millis() as u64).max(1) + 1;
+        // Start-up gets more room than a callback: runtimes initialise their heaps.
+        store.set_epoch_deadline(ticks.saturating_mul(20).max(1000));
+        let instance: Instance = pre.instantiate(&mut store).map_err(|e| format!("instantiating: {e:#}"))?;
+        for start in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
+                f.call(&mut store, ()).map_err(|e| format!("{start}: {}", Fault::from(e)))?;
+                break;
+            }
+        }
+        let on_create = instance
+            .get_typed_func::<(i32, i32), ()>(&mut store, "proxy_on_context_create")
+            .map_err(|e| format!("proxy_on_context_create: {e:#}"))?;
+        let config_size = shared.config.len() as i32;
+        on_create
+            .call(&mut store, (ROOT, 0))
+            .map_err(|e| format!("proxy_on_context_create: {}", Fault::from(e)))?;
+        for (name, size) in [("proxy_on_vm_start", 0), ("proxy_on_configure", config_size)] {
+            if let Ok(f) = instance.get_typed_func::<(i32, i32), i32>(&mut store, name) {
+                let ok = f
+                    .call(&mut store, (ROOT, size))
+                    .map_err(|e| format!("{name}: {}", Fault::from(e)))?;
+                if ok == 0 {
+                    return Err(format!("{name} returned false: the filter refused its configuration"));
+                }
+            }
+        }
+        let get3 = |store: &mut Store<State>, n: &str| instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, n).ok();
+        let on_request_headers = get3(&mut store, "proxy_on_request_headers");
+        let on_response_headers = get3(&mut store, "proxy_on_response_headers");
+        let on_log = instance.get_typed_func::<i32, ()>(&mut store, "proxy_on_log").ok();
+        let on_done = instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_done").ok();
+        let on_delete = instance.get_typed_func::<i32, ()>(&mut store, "proxy_on_delete").ok();
+        Ok(Vm {
+            store,
+            on_create,
+            on_request_headers,
+            on_response_headers,
+            on_log,
+            on_done,
+            on_delete,
+            next_id: ROOT + 1,
+            ticks,
+        })
+    }
+
+    pub fn state(&mut self) -> &mut State {
+        self.store.data_mut()
+    }
+
+    /// A new HTTP context for one request.
+    pub fn begin(&mut self) -> Result<i32, Fault> {
+        let id = self.next_id;
+        self.next_id = if self.next_id == i32::MAX { ROOT + 1 } else { self.next_id + 1 };
+        self.store.set_epoch_deadline(self.ticks);
+        self.on_create.call(&mut self.store, (id, ROOT)).map_err(Fault::from)?;
+        Ok(id)
+    }
+
+    /// `proxy_on_request_headers` (or its response twin) on the map in the state; returns
+    /// the action.
+    pub fn headers(&mut self, id: i32, response: bool, end_of_stream: bool) -> Result<i32, Fault> {
+        let (f, map) = if response {
+            (self.on_response_headers.clone(), self.store.data().response.as_ref())
+        } else {
+            (self.on_request_headers.clone(), self.store.data().request.as_ref())
+        };
+        let Some(f) = f else { return Ok(abi::ACTION_CONTINUE) };
+        let n = map.map_or(0, Vec::len) as i32;
+        self.store.set_epoch_deadline(self.ticks);
+        f.call(&mut self.store, (id, n, i32::from(end_of_stream))).map_err(Fault::from)
+    }
+
+    /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`: the context's end.
+    pub fn end(&mut self, id: i32, log: bool) -> Result<(), Fault> {
+        self.store.set_epoch_deadline(self.ticks);
+        if log {
+            if let Some(f) = self.on_log.clone() {
+                f.call(&mut self.store, id).map_err(Fault::from)?;
+            }
+        }
+        if let Some(f) = self.on_done.clone() {
+            f.call(&mut self.store, id).map_err(Fault::from)?;
+        }
+        if let Some(f) = self.on_delete.clone() {
+            f.call(&mut self.store, id).map_err(Fault::from)?;
+        }
+        let s = self.store.data_mut();
+        s.request = None;
+        s.response = None;
+        s.local = None;
+        s.properties.clear();
+        Ok(())
+    }
+}
