@@ -51,7 +51,7 @@ struct Opts {
 }
 
 const HELP: &str = "scripts/bench [--smoke] [--rounds N] [--duration SECS] [--connections N]
-  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,P_lto,PM,G0,G1,G1T,G1T01,GM,GK,G4,GJ,GJR,GR,GC,GT2,GT2N] [--no-k6]
+  [--proxy-cpus 0] [--load-cpus 1] [--rows D,N,P,P_lto,PM,G0,G1,G1T,G1T01,GM,GW,GK,G4,GJ,GJR,GR,GC,GT2,GT2N] [--no-k6]
   [--memory-conns N] [--out FILE.json] [--results-md FILE] [--k6-rate REQ_PER_S]
   The k6 open-loop rate defaults to half of N's maximum (the issue's definition), stepped
   down until one k6 process keeps up against D (its p99 within 3x wrk's, or 5 ms); --k6-rate fixes it.";
@@ -115,7 +115,7 @@ fn opts() -> Opts {
     }
     if o.rows.is_empty() {
         o.rows = [
-            "D", "N", "P", "P_lto", "PM", "G0", "G1", "G1T", "G1T01", "GM", "GK", "G4", "GJ", "GJR", "GR", "GC", "GT2", "GT2N",
+            "D", "N", "P", "P_lto", "PM", "G0", "G1", "G1T", "G1T01", "GM", "GW", "GK", "G4", "GJ", "GJR", "GR", "GC", "GT2", "GT2N",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -61,6 +61,12 @@ pub fn gatehouse_config(dir: &Path, port: u16, admin: u16, upstream: u16, varian
                 port = super::otlp_sink::port()
             ));
         }
+        // G1 plus a proxy-wasm filter that adds one request header.
+        "GW" => {
+            let wat = dir.join("add_header.wat");
+            std::fs::write(&wat, include_str!("../../loadtest/add_header.wat")).expect("write the GW filter");
+            plugins.push_str(&format!("[routes.bench.plugins.wasm.add_header]\nfile = \"{}\"\n", wat.display()));
+        }
         "GC" => {
             plugins.push_str("[routes.bench.plugins.cache]\ndefault_ttl = \"1h\"\n");
             extra.push_str("[cache]\nmemory = \"64MiB\"\n");
@@ -133,6 +139,7 @@ pub fn describe(name: &str) -> &'static str {
         "G1T" => "G1 + tracing, every request sampled, to a live OTLP receiver",
         "G1T01" => "G1T at sample_ratio 0.01",
         "GM" => "G1 + usage metering to a file sink and a live HTTP sink",
+        "GW" => "G1 + a proxy-wasm filter (wasmtime) that adds one request header",
         _ => "",
     }
 }

@@ -125,6 +125,7 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Lit(literal(rest, s)?));
         }
+        shape(&parts, s)?;
         Ok(Template(parts))
     }
 
@@ -141,6 +142,36 @@ fn literal(text: &str, whole: &str) -> Result<String, String> {
     }
     Ok(text.to_string())
 }
+
+/// The target as written, with each placeholder standing for one plain segment: it must be
+/// a clean request target, so nothing but a client value can be odd in what is sent.
+fn shape(parts: &[Part], whole: &str) -> Result<(), String> {
+    let text: String = parts
+        .iter()
+        .map(|p| match p {
+            Part::Lit(s) => s.as_str(),
+            Part::Var(_) => "v",
+        })
+        .collect();
+    if text.matches('?').count() > 1 {
+        return Err(format!("`{whole}` has more than one `?`"));
+    }
+    let path = text.split('?').next().unwrap_or_default();
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("`{whole}` has a . or .. segment"));
+    }
+    let b = text.as_bytes();
+    for (i, c) in b.iter().enumerate() {
+        if *c == b'%' && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+            return Err(format!("`{whole}` has a % that is not followed by two hex digits"));
+        }
+    }
+    Ok(())
+}
+
+/// Methods a backend call may use: HEAD has no body to merge, CONNECT and others are not
+/// requests for data.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 fn source(name: &str) -> Result<Source, String> {
     let (kind, arg) = match name.split_once('.') {
@@ -192,6 +223,9 @@ pub(super) fn validate(f: &File, name: &str, r: &Route, out: &mut Vec<(String, S
     if a.timeout.0.is_zero() {
         out.push((format!("{base}.timeout"), "must be greater than zero".into()));
     }
+    if a.max_body.0 == 0 {
+        out.push((format!("{base}.max_body"), "must be greater than zero".into()));
+    }
     if a.backends.is_empty() {
         out.push((format!("{base}.backends"), "at least one backend is required".into()));
     }
@@ -219,8 +253,11 @@ pub(super) fn validate(f: &File, name: &str, r: &Route, out: &mut Vec<(String, S
             Ok(_) => {}
             Err(e) => out.push((format!("{key}.path"), e)),
         }
-        if http::Method::from_bytes(b.method.as_bytes()).is_err() || b.method.chars().any(|c| c.is_ascii_lowercase()) {
-            out.push((format!("{key}.method"), format!("`{}` is not an upper-case HTTP method", b.method)));
+        if !METHODS.contains(&b.method.as_str()) {
+            out.push((format!("{key}.method"), format!("`{}`: one of {}", b.method, METHODS.join(", "))));
+        }
+        if b.allow.iter().any(String::is_empty) {
+            out.push((format!("{key}.allow"), "field names cannot be empty".into()));
         }
         if let Some(t) = b.timeout {
             if t.0.is_zero() || t.0 > a.timeout.0 {
@@ -263,6 +300,10 @@ mod tests {
             "/a#b",
             "/{query.}",
             "/{header.a b}",
+            "/a/%zz",
+            "/x?a=1?b=",
+            "/a/{query.x}/../admin",
+            "/a/./b",
         ] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }

@@ -94,15 +94,33 @@ pub struct Forward {
 /// What one attempt on one target came to.
 enum Attempt {
     Connect(String),
-    /// A pooled connection failed before any answer: the target closed it while idle.
+    /// A pooled connection failed before any answer in a way Pingora says is safe to retry
+    /// (the target closed it while idle).
     Stale(String),
     Answer(u16, Result<bytes::Bytes, Failure>),
 }
 
+/// Longest cause kept for the log: a broken response can carry a whole header block.
+const DETAIL: usize = 300;
+
+fn detail(e: &pingora_error::Error) -> String {
+    let mut s = e.to_string();
+    if s.len() > DETAIL {
+        let mut cut = DETAIL;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
 /// Calls `b` at `target` (already filled in), giving up at `deadline`. A connect failure
-/// moves to another target as the cluster's `retries` allow; a pooled connection that
-/// turns out closed is retried once on a fresh one. What the target caused (connect
-/// errors, timeouts, 5xx, a broken response) counts against it in the circuit breaker.
+/// moves to another target as the cluster's `retries` allow; a pooled connection found
+/// closed is retried once (idempotent methods only). Attempts are bounded by that count,
+/// whatever the targets do. What the target caused (connect errors, timeouts, 5xx, a
+/// broken response) counts against it in the circuit breaker.
 pub async fn fetch(
     b: &Backend,
     cluster: &Arc<Cluster>,
@@ -113,12 +131,15 @@ pub async fn fetch(
 ) -> Result<serde_json::Value, Failure> {
     let mut tried: Vec<usize> = Vec::new();
     let mut stale_retried = false;
-    loop {
+    let mut last: Option<Failure> = None;
+    let max_attempts = cluster.retries as usize + 2;
+    for _ in 0..max_attempts {
         let idx = match cluster.select(None, &tried) {
             Some(i) => i,
-            None => match tried.last() {
-                Some(i) if stale_retried => *i,
-                _ => return Err(Failure::NoTarget),
+            // Only a stale pooled connection may go back to the target it was on.
+            None => match (last.as_ref(), tried.last()) {
+                (Some(Failure::Io(_)), Some(i)) if stale_retried => *i,
+                _ => break,
             },
         };
         if !tried.contains(&idx) {
@@ -135,18 +156,18 @@ pub async fn fetch(
             }
             Ok(Attempt::Connect(e)) => {
                 flight.report(false);
-                if tried.len() <= cluster.retries as usize {
-                    continue;
+                last = Some(Failure::Connect(e));
+                if tried.len() > cluster.retries as usize {
+                    break;
                 }
-                return Err(Failure::Connect(e));
             }
             Ok(Attempt::Stale(e)) => {
-                if !stale_retried {
-                    stale_retried = true;
-                    continue;
+                if stale_retried || !b.method.is_idempotent() {
+                    flight.report(false);
+                    return Err(Failure::Io(e));
                 }
-                flight.report(false);
-                return Err(Failure::Io(e));
+                stale_retried = true;
+                last = Some(Failure::Io(e));
             }
             Ok(Attempt::Answer(status, body)) => {
                 flight.report(status < 500 && !matches!(body, Err(Failure::Io(_))));
@@ -158,33 +179,53 @@ pub async fn fetch(
             }
         }
     }
+    Err(last.unwrap_or(Failure::NoTarget))
 }
 
 async fn attempt(b: &Backend, cluster: &Cluster, flight: &InFlight, idx: usize, target: &str, fwd: &Forward, limit: usize) -> Attempt {
     let peer = cluster.peer(idx, Some(b.timeout));
     let (mut session, reused) = match CONNECTOR.get_http_session(&*peer).await {
         Ok(s) => s,
-        Err(e) => return Attempt::Connect(e.to_string()),
+        Err(e) => return Attempt::Connect(detail(&e)),
     };
+    if reused {
+        cluster.pool.reused.inc();
+    } else {
+        cluster.pool.new.inc();
+    }
     let req = match request(b, target, flight.target().host_header.clone(), fwd) {
         Ok(r) => r,
-        Err(e) => return Attempt::Answer(0, Err(Failure::Io(e.to_string()))),
+        Err(e) => return Attempt::Answer(0, Err(Failure::Io(detail(&e)))),
     };
     let sent = async {
         session.write_request_header(Box::new(req)).await?;
         session.finish_request_body().await?;
-        session.read_response_header().await
+        // Informational answers (100, 103) come before the real one; a few at most.
+        for _ in 0..8 {
+            session.read_response_header().await?;
+            match session.response_header().map(|h| h.status.as_u16()) {
+                Some(100 | 102..=199) => continue,
+                _ => break,
+            }
+        }
+        Ok::<(), Box<pingora_error::Error>>(())
     }
     .await;
-    if let Err(e) = sent {
+    if let Err(mut e) = sent {
         session.shutdown().await;
-        return if reused {
-            Attempt::Stale(e.to_string())
+        // Pingora's own judgement: a reused connection that failed before any answer.
+        e.retry.decide_reuse(reused);
+        return if e.retry() {
+            Attempt::Stale(detail(&e))
         } else {
-            Attempt::Answer(0, Err(Failure::Io(e.to_string())))
+            Attempt::Answer(0, Err(Failure::Io(detail(&e))))
         };
     }
     let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    if (100..200).contains(&status) {
+        session.shutdown().await;
+        return Attempt::Answer(status, Err(Failure::Status(status)));
+    }
     let declared = session
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
@@ -213,6 +254,10 @@ fn request(b: &Backend, target: &str, host: http::HeaderValue, fwd: &Forward) ->
     }
     if let Some((n, v)) = &fwd.consumer {
         req.insert_header(n.clone(), v.clone())?;
+    }
+    // No body is sent; methods that usually carry one say so (some servers want 411 otherwise).
+    if matches!(b.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
+        req.insert_header(http::header::CONTENT_LENGTH, "0")?;
     }
     Ok(req)
 }

@@ -64,7 +64,10 @@ pub fn fill(t: &Template, req: &RequestHeader, consumer: Option<&str>) -> Result
                         (v.as_bytes().to_vec(), what)
                     }
                 };
-                if !in_query && matches!(raw.as_slice(), b"" | b"." | b"..") {
+                // In the path, a value is one segment: no dot segment, and no slash, which
+                // the gateway refuses from clients (encoded or not) and a backend may decode.
+                let climbs = matches!(raw.as_slice(), b"" | b"." | b"..") || raw.iter().any(|c| *c == b'/' || *c == b'\\');
+                if !in_query && climbs {
                     return Err(Missing::BadSegment(what));
                 }
                 out.extend(percent_encode(&raw, COMPONENT));
@@ -101,15 +104,12 @@ mod tests {
 
     #[test]
     fn values_are_encoded_as_one_component() {
-        let r = req("/dash/a%2Fb/x?user=al+ice%26admin%3D1&n=2", &[("x-team", "red/blue")]);
+        let r = req("/dash/a%20b/x?user=al+ice%26admin%3D1&n=2", &[("x-team", "red/blue")]);
         assert_eq!(fill(&t("/u/{consumer}"), &r, Some("bob")).unwrap(), "/u/bob");
-        assert_eq!(fill(&t("/u/{path.1}"), &r, None).unwrap(), "/u/a%2Fb");
+        assert_eq!(fill(&t("/u/{path.1}"), &r, None).unwrap(), "/u/a%20b");
         assert_eq!(fill(&t("/q?u={query.user}"), &r, None).unwrap(), "/q?u=al%20ice%26admin%3D1");
-        assert_eq!(fill(&t("/t/{header.x-team}"), &r, None).unwrap(), "/t/red%2Fblue");
-        assert_eq!(
-            fill(&t("/c/{consumer}"), &r, Some("../admin?x=1#")).unwrap(),
-            "/c/..%2Fadmin%3Fx%3D1%23"
-        );
+        assert_eq!(fill(&t("/q?t={header.x-team}"), &r, None).unwrap(), "/q?t=red%2Fblue");
+        assert_eq!(fill(&t("/c/{consumer}"), &r, Some("..?x=1#")).unwrap(), "/c/..%3Fx%3D1%23");
     }
 
     #[test]
@@ -121,6 +121,13 @@ mod tests {
         assert!(matches!(fill(&t("/u/{header.x-a}"), &r, None), Err(Missing::Value(_))));
         assert!(matches!(fill(&t("/u/{query.up}"), &r, None), Err(Missing::BadSegment(_))));
         assert!(matches!(fill(&t("/u/{query.empty}/x"), &r, None), Err(Missing::BadSegment(_))));
+        let slashes = req("/dash?a=..%2Fadmin&b=x%5Cy", &[("x-h", "../x")]);
+        for v in ["{query.a}", "{query.b}", "{header.x-h}"] {
+            assert!(
+                matches!(fill(&t(&format!("/u/{v}")), &slashes, None), Err(Missing::BadSegment(_))),
+                "{v}"
+            );
+        }
         // In the query part, `..` and empty values are plain data.
         assert_eq!(fill(&t("/u?a={query.up}&b={query.empty}"), &r, None).unwrap(), "/u?a=..&b=");
     }

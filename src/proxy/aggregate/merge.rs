@@ -35,7 +35,8 @@ pub fn merge(mode: Merge, parts: Vec<(&str, Value)>) -> Map<String, Value> {
             (Merge::Group, v) => {
                 out.insert(name.to_string(), v);
             }
-            (Merge::Shallow, Value::Object(m)) => out.extend(m),
+            // `_errors` is the gateway's word: a backend's own key of that name is dropped.
+            (Merge::Shallow, Value::Object(m)) => out.extend(m.into_iter().filter(|(k, _)| k != "_errors")),
             (Merge::Shallow, _) => {}
         }
     }
