@@ -9,15 +9,15 @@
 
 use super::abi::*;
 use super::vm::State;
-use wasmtime::{Caller, Extern, Linker};
+use wasmtime::{Caller, Linker};
 
 type C<'a> = Caller<'a, State>;
 
+/// The guest's memory, looked up once per instance: every `get_export` adds a handle to the
+/// store that lives as long as the store, so a lookup per call grows a pooled instance
+/// without bound.
 fn memory(c: &mut C) -> Option<wasmtime::Memory> {
-    match c.get_export("memory") {
-        Some(Extern::Memory(m)) => Some(m),
-        _ => None,
-    }
+    c.data().memory
 }
 
 /// `len` bytes at `ptr`, or None when they are not all inside the guest's memory.
@@ -42,11 +42,9 @@ fn write(c: &mut C, ptr: i32, bytes: &[u8]) -> bool {
 /// Copies `bytes` into memory the guest allocates and stores its address and size at
 /// `ptr_ptr` and `size_ptr`.
 fn give(c: &mut C, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> wasmtime::Result<i32> {
-    let alloc = ["proxy_on_memory_allocate", "malloc"]
-        .iter()
-        .find_map(|n| c.get_export(n).and_then(Extern::into_func));
-    let Some(alloc) = alloc else { return Ok(INTERNAL_FAILURE) };
-    let alloc = alloc.typed::<i32, i32>(&*c)?;
+    let Some(alloc) = c.data().alloc.clone() else {
+        return Ok(INTERNAL_FAILURE);
+    };
     let at = if bytes.is_empty() {
         0
     } else {

@@ -98,6 +98,11 @@ struct Filter {
     max_memory: usize,
     max_time: Duration,
     pool: Mutex<Vec<Vm>>,
+    /// What the module can do, so a request builds only what it may read: properties for
+    /// a module that imports `proxy_get_property`, the response map for one that exports
+    /// `proxy_on_response_headers`.
+    uses_properties: bool,
+    has_response: bool,
 }
 
 impl Filter {
@@ -198,6 +203,8 @@ impl Wasm {
                     "the module exports no proxy_abi_version_0_2_0 or _0_2_1: not a proxy-wasm 0.2 filter".into(),
                 ));
             }
+            let uses_properties = module.imports().any(|i| i.name() == "proxy_get_property");
+            let has_response = module.exports().any(|e| e.name() == "proxy_on_response_headers");
             let mut linker = wasmtime::Linker::new(&engine::ENGINE);
             host::define(&mut linker).map_err(|e| err("file", format!("host: {e:#}")))?;
             linker
@@ -222,6 +229,8 @@ impl Wasm {
                 max_memory,
                 max_time,
                 pool: Mutex::new(vec![first]),
+                uses_properties,
+                has_response,
             }));
         }
         Ok(Wasm { filters: out })
@@ -329,12 +338,15 @@ impl Plugin for Wasm {
                     }
                 }
             };
-            let before = request_pairs(req);
             let no_body = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
                 && req.headers.get(http::header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
             {
                 let s = vm.state();
-                s.request = Some(before.clone());
+                s.request = Some(request_pairs(req));
+                s.dirty = false;
+            }
+            if f.uses_properties {
+                let s = vm.state();
                 s.properties = vec![
                     ("request.path", req.uri.path().as_bytes().to_vec()),
                     ("request.method", req.method.as_str().as_bytes().to_vec()),
@@ -363,7 +375,8 @@ impl Plugin for Wasm {
             let s = vm.state();
             let local = s.local.take();
             let after = s.request.take().unwrap_or_default();
-            if after != before {
+            if s.dirty {
+                let before = request_pairs(req);
                 if let Some(p) = pseudo(&after, b":path").filter(|p| Some(*p) != pseudo(&before, b":path")) {
                     match std::str::from_utf8(p).ok().and_then(|p| p.parse::<http::Uri>().ok()) {
                         Some(uri) if p.starts_with(b"/") => req.set_uri(uri),
@@ -390,12 +403,13 @@ impl Plugin for Wasm {
     }
 
     fn response(&self, resp: &mut ResponseHeader, ctx: &PluginCtx) {
-        for f in &self.filters {
+        for f in self.filters.iter().filter(|f| f.has_response) {
             let Some(held) = self.held(f, ctx) else { continue };
             let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
             let Some((vm, id)) = slot.as_mut() else { continue };
-            let before = response_pairs(resp);
-            vm.state().response = Some(before.clone());
+            let s = vm.state();
+            s.response = Some(response_pairs(resp));
+            s.dirty = false;
             let no_body = resp.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
             if let Err(fault) = vm.headers(*id, true, no_body) {
                 // The status line may already be decided: the response goes out as it was.
@@ -406,9 +420,10 @@ impl Plugin for Wasm {
             let s = vm.state();
             s.local = None;
             let after = s.response.take().unwrap_or_default();
-            if after == before {
+            if !s.dirty {
                 continue;
             }
+            let before = response_pairs(resp);
             if let Some(code) = pseudo(&after, b":status")
                 .and_then(|c| std::str::from_utf8(c).ok())
                 .and_then(|c| c.parse::<u16>().ok())

@@ -24,6 +24,11 @@ pub struct State {
     pub response: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     pub properties: Vec<(&'static str, Vec<u8>)>,
     pub local: Option<Local>,
+    /// A header map was written during the callback: only then is the diff computed.
+    pub dirty: bool,
+    /// The guest's exported memory and allocator, resolved once at instantiation.
+    pub memory: Option<wasmtime::Memory>,
+    pub alloc: Option<TypedFunc<i32, i32>>,
 }
 
 impl State {
@@ -36,6 +41,7 @@ impl State {
     }
 
     pub fn map_mut(&mut self, kind: i32) -> Option<&mut Vec<(Vec<u8>, Vec<u8>)>> {
+        self.dirty = true;
         match kind {
             abi::MAP_REQUEST_HEADERS => self.request.as_mut(),
             abi::MAP_RESPONSE_HEADERS => self.response.as_mut(),
@@ -131,6 +137,9 @@ impl Vm {
             response: None,
             properties: Vec::new(),
             local: None,
+            dirty: false,
+            memory: None,
+            alloc: None,
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -138,6 +147,12 @@ impl Vm {
         // Start-up gets more room than a callback: runtimes initialise their heaps.
         store.set_epoch_deadline(ticks.saturating_mul(20).max(1000));
         let instance: Instance = pre.instantiate(&mut store).map_err(|e| format!("instantiating: {e:#}"))?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let alloc = ["proxy_on_memory_allocate", "malloc"]
+            .iter()
+            .find_map(|n| instance.get_typed_func::<i32, i32>(&mut store, n).ok());
+        store.data_mut().memory = memory;
+        store.data_mut().alloc = alloc;
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
                 f.call(&mut store, ()).map_err(|e| format!("{start}: {}", Fault::from(e)))?;
