@@ -73,6 +73,7 @@ pub fn run(live: Arc<Live>, listeners: Listeners, flags: Flags) -> ! {
 
     // Pingora's proxy, wrapped: Connections (cap) -> HeaderGuard (deadline, limits,
     // framing) -> HttpProxy<Gateway>.
+    gatehouse_plugins::callout::install(Arc::new(crate::proxy::callout::Calls { live: live.clone() }));
     let gateway = Gateway {
         live: live.clone(),
         listeners: listeners.clone(),

@@ -162,6 +162,31 @@ pub fn material_digest(file: &config::File, text: &str) -> [u8; 32] {
     gatehouse_plugins::consumers::key_digest(&m)
 }
 
+/// Every upstream a wasm filter may call (`upstreams = [...]`) is a defined cluster.
+fn wasm_upstreams(file: &config::File, clusters: &BTreeMap<String, Arc<Cluster>>) -> Result<(), (String, String)> {
+    let global = file.plugins.get("wasm").map(|v| ("plugins.wasm".to_string(), v));
+    let routed = file
+        .routes
+        .iter()
+        .filter_map(|(n, r)| r.plugins.get("wasm").map(|v| (format!("routes.{n}.plugins.wasm"), v)));
+    for (key, table) in global.into_iter().chain(routed) {
+        let Some(filters) = table.as_table() else { continue };
+        for (name, f) in filters {
+            let names = f.get("upstreams").and_then(|u| u.as_array()).into_iter().flatten();
+            for (i, u) in names.enumerate() {
+                let u = u.as_str().unwrap_or_default();
+                if !clusters.contains_key(u) {
+                    return Err((
+                        format!("{key}.{name}.upstreams[{i}]"),
+                        format!("upstream `{u}` is not defined (a filter calls HTTP upstreams only)"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -205,6 +230,8 @@ impl Snapshot {
             };
             clusters.insert(name.clone(), cluster);
         }
+
+        wasm_upstreams(&file, &clusters).map_err(|(k, e)| err(k, e))?;
 
         let mut instances: HashMap<PluginKey, Arc<dyn Plugin>> = HashMap::new();
         let mut instance = |name: &str, value: &toml::Value, key: &str| -> Result<Arc<dyn Plugin>, ConfigErrors> {

@@ -36,6 +36,9 @@ pub struct PluginCtx {
     pub guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
     /// The certificate the client presented in the TLS handshake, if any.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// Which body phases a plugin asked for on this request ([`Self::BODY_REQUEST`],
+    /// [`Self::BODY_RESPONSE`]): the core calls the body hooks only then.
+    pub body_hooks: u8,
 }
 
 /// A client certificate as the TLS handshake saw it.
@@ -66,8 +69,12 @@ impl PluginCtx {
             plans: NO_PLANS.clone(),
             guards: Vec::new(),
             client_cert: None,
+            body_hooks: 0,
         }
     }
+
+    pub const BODY_REQUEST: u8 = 1;
+    pub const BODY_RESPONSE: u8 = 2;
 
     pub fn consumer_name(&self) -> Option<&str> {
         self.consumer.as_ref().map(|c| &*c.name)

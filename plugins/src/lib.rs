@@ -8,6 +8,7 @@ pub mod acl;
 mod answer;
 pub mod ascii;
 pub mod basic_auth;
+pub mod callout;
 pub mod consumers;
 mod context;
 pub mod cors;

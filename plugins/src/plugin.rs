@@ -72,6 +72,21 @@ pub trait Plugin: Send + Sync {
     /// Runs on every response to the client: proxied ones and plugin answers alike.
     fn response(&self, _resp: &mut ResponseHeader, _ctx: &PluginCtx) {}
 
+    /// A request body chunk, for a plugin that asked for the body on this request by setting
+    /// [`PluginCtx::BODY_REQUEST`] in `ctx.body_hooks` (routes without such a plugin pay
+    /// nothing). A chunk may be held back as `Some(empty)` and released later; `end` is the
+    /// last call. An error answers the client with its status (the body never reaches the
+    /// upstream whole).
+    fn request_body(&self, _body: &mut Option<bytes::Bytes>, _end: bool, _ctx: &mut PluginCtx) -> Result<(), (u16, &'static str)> {
+        Ok(())
+    }
+
+    /// A response body chunk, with [`PluginCtx::BODY_RESPONSE`] set. The header block is
+    /// already on its way to the client, so an error can only cut the response short.
+    fn response_body(&self, _body: &mut Option<bytes::Bytes>, _end: bool, _ctx: &PluginCtx) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     /// Runs once the response is finished, also after errors.
     fn log(&self, _status: u16, _ctx: &PluginCtx) {}
 }

@@ -36,6 +36,27 @@ pub fn response(p: &Arc<dyn Plugin>, resp: &mut ResponseHeader, ctx: &PluginCtx)
     catch_unwind(AssertUnwindSafe(|| p.response(resp, ctx))).map_err(|_| caught(&**p, "response"))
 }
 
+/// Body hooks: a panic is an error for the request (a 500 while the client waits for an
+/// answer, a cut response once one is on its way).
+pub fn request_body(
+    p: &Arc<dyn Plugin>,
+    body: &mut Option<bytes::Bytes>,
+    end: bool,
+    ctx: &mut PluginCtx,
+) -> Result<(), (u16, &'static str)> {
+    catch_unwind(AssertUnwindSafe(|| p.request_body(body, end, ctx))).unwrap_or_else(|_| {
+        caught(&**p, "request body");
+        Err((500, "internal error"))
+    })
+}
+
+pub fn response_body(p: &Arc<dyn Plugin>, body: &mut Option<bytes::Bytes>, end: bool, ctx: &PluginCtx) -> Result<(), &'static str> {
+    catch_unwind(AssertUnwindSafe(|| p.response_body(body, end, ctx))).unwrap_or_else(|_| {
+        caught(&**p, "response body");
+        Err("plugin panicked")
+    })
+}
+
 pub fn log(p: &Arc<dyn Plugin>, status: u16, ctx: &PluginCtx) {
     if catch_unwind(AssertUnwindSafe(|| p.log(status, ctx))).is_err() {
         caught(&**p, "log");

@@ -9,6 +9,7 @@
 pub mod aggregate;
 mod answer;
 mod auth;
+pub mod callout;
 mod chain;
 pub mod ctx;
 mod forward;
@@ -25,7 +26,7 @@ mod traced;
 use crate::live::Live;
 use async_trait::async_trait;
 use ctx::Ctx;
-use gatehouse_plugins::Flow;
+use gatehouse_plugins::{Flow, PluginCtx};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -215,6 +216,16 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_mut() {
             w.request_body(body, end)?;
         }
+        if ctx.plugin.body_hooks & PluginCtx::BODY_REQUEST != 0 {
+            if let Some(route) = ctx.route.clone() {
+                for p in route.plugins.iter() {
+                    if let Err((status, reason)) = chain::request_body(p, body, end, &mut ctx.plugin) {
+                        ctx.plugin.rejection.get_or_insert("plugin_body");
+                        return Err(Error::explain(ErrorType::HTTPStatus(status), reason));
+                    }
+                }
+            }
+        }
         // An h2 stream may end with an empty DATA frame; passed on, Pingora writes it to a
         // chunked HTTP/1 upstream as a last chunk and then finishes the body with another, and
         // the upstream reads the second as the start of a request (pingora#935).
@@ -349,7 +360,9 @@ impl ProxyHttp for Gateway {
     fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, client_reused: bool) -> Box<Error> {
         traced::attempt_failed(ctx, &e);
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+        // A body a plugin has seen (and maybe rewritten) is not sent again.
+        let body_seen = ctx.plugin.body_hooks & PluginCtx::BODY_REQUEST != 0;
+        if body_seen || !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
@@ -390,6 +403,11 @@ impl ProxyHttp for Gateway {
         forward::upstream_headers(session, upstream, ctx)?;
         if let Some(w) = ctx.web.as_ref() {
             w.upstream_request(upstream);
+        }
+        if ctx.plugin.body_hooks & PluginCtx::BODY_REQUEST != 0 {
+            // A plugin may change the body's length: it goes chunked (h2 drops the header).
+            upstream.remove_header(&http::header::CONTENT_LENGTH);
+            upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
@@ -434,6 +452,10 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_mut() {
             w.response_header(resp)?;
         }
+        if ctx.plugin.body_hooks & PluginCtx::BODY_RESPONSE != 0 && body_follows(session, resp) {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
                 if chain::response(p, resp, &ctx.plugin).is_err() {
@@ -447,13 +469,23 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(w) = ctx.web.as_mut() {
             w.response_body(body, end);
+        }
+        if ctx.plugin.body_hooks & PluginCtx::BODY_RESPONSE != 0 && !session.was_upgraded() {
+            if let Some(route) = ctx.route.clone() {
+                for p in route.plugins.iter() {
+                    if let Err(reason) = chain::response_body(p, body, end, &ctx.plugin) {
+                        ctx.error = Some("plugin_body");
+                        return Err(Error::explain(ErrorType::InternalError, reason));
+                    }
+                }
+            }
         }
         Ok(None)
     }
@@ -532,6 +564,11 @@ impl ProxyHttp for Gateway {
         // is not worth an error line.
         matches!(error.esource(), ErrorSource::Downstream)
     }
+}
+
+/// Whether a response has a body for the body hooks to see (not HEAD, 1xx, 204, 304).
+fn body_follows(session: &Session, resp: &ResponseHeader) -> bool {
+    session.req_header().method != http::Method::HEAD && !resp.status.is_informational() && !matches!(resp.status.as_u16(), 204 | 304)
 }
 
 /// Whether the connection may stay open after this request as far as HTTP/1.0 goes: an

@@ -11,16 +11,20 @@ pub const CAS_MISMATCH: i32 = 8;
 pub const INTERNAL_FAILURE: i32 = 10;
 pub const UNIMPLEMENTED: i32 = 12;
 
-/// A callback's answer: go on, or stop (`Pause`; the host then waits for a local response).
+/// A callback's answer: go on, or stop (`Pause`). For a body callback, `Pause` asks the
+/// host to keep buffering and call again with more (Envoy's StopIterationAndBuffer).
 pub const ACTION_CONTINUE: i32 = 0;
+pub const ACTION_PAUSE: i32 = 1;
 
 pub const BUFFER_REQUEST_BODY: i32 = 0;
 pub const BUFFER_RESPONSE_BODY: i32 = 1;
+pub const BUFFER_HTTP_CALL_RESPONSE_BODY: i32 = 4;
 pub const BUFFER_VM_CONFIGURATION: i32 = 6;
 pub const BUFFER_PLUGIN_CONFIGURATION: i32 = 7;
 
 pub const MAP_REQUEST_HEADERS: i32 = 0;
 pub const MAP_RESPONSE_HEADERS: i32 = 2;
+pub const MAP_HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
 
 pub const METRIC_COUNTER: i32 = 0;
 pub const METRIC_GAUGE: i32 = 1;

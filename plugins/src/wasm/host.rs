@@ -3,9 +3,9 @@
 //! `InvalidMemoryAccess`, never a host fault) and hands results back through memory the
 //! guest allocates (`proxy_on_memory_allocate` or `malloc`).
 //!
-//! Not offered yet: request and response bodies, `proxy_http_call`, shared queues, ticks
-//! and foreign functions. They answer `Unimplemented` (or, for ticks, are accepted and
-//! never fire); imports a module names beyond these are linked as traps.
+//! Not offered yet: shared queues, gRPC calls, trailers, ticks and foreign functions. They
+//! answer `Unimplemented` (or, for ticks, are accepted and never fire); imports a module
+//! names beyond these are linked as traps.
 
 use super::abi::*;
 use super::vm::State;
@@ -115,24 +115,49 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: C, kind: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| -> wasmtime::Result<i32> {
-            let whole = match kind {
-                BUFFER_PLUGIN_CONFIGURATION => c.data().shared.config.clone(),
-                BUFFER_VM_CONFIGURATION => Vec::new(),
-                BUFFER_REQUEST_BODY | BUFFER_RESPONSE_BODY => return Ok(NOT_FOUND),
-                _ => return Ok(BAD_ARGUMENT),
-            };
             let (Ok(start), Ok(max)) = (usize::try_from(start), usize::try_from(max)) else {
                 return Ok(BAD_ARGUMENT);
             };
-            let part = whole.get(start.min(whole.len())..).unwrap_or_default();
-            let part = &part[..max.min(part.len())];
-            give(&mut c, part, ptr_ptr, size_ptr)
+            let cut = |whole: &[u8]| -> Vec<u8> {
+                let part = whole.get(start.min(whole.len())..).unwrap_or_default();
+                part[..max.min(part.len())].to_vec()
+            };
+            let part = match kind {
+                BUFFER_PLUGIN_CONFIGURATION => cut(&c.data().shared.config),
+                BUFFER_VM_CONFIGURATION => Vec::new(),
+                BUFFER_REQUEST_BODY | BUFFER_RESPONSE_BODY | BUFFER_HTTP_CALL_RESPONSE_BODY => match c.data().body(kind) {
+                    Some(b) => cut(b),
+                    None => return Ok(NOT_FOUND),
+                },
+                _ => return Ok(BAD_ARGUMENT),
+            };
+            give(&mut c, &part, ptr_ptr, size_ptr)
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |_c: C, _k: i32, _s: i32, _l: i32, _p: i32, _n: i32| -> i32 { UNIMPLEMENTED },
+        |mut c: C, kind: i32, start: i32, len: i32, ptr: i32, size: i32| -> i32 {
+            let (Ok(start), Ok(len)) = (usize::try_from(start), usize::try_from(len)) else {
+                return BAD_ARGUMENT;
+            };
+            let Some(data) = read(&mut c, ptr, size) else {
+                return INVALID_MEMORY_ACCESS;
+            };
+            let limit = c.data().shared.max_body;
+            let Some(body) = c.data_mut().body_mut(kind) else {
+                return NOT_FOUND;
+            };
+            // Bytes [start, start + len) become `data`: (0, whole length) replaces the
+            // body, (0, 0) prepends, (length, 0) appends.
+            let from = start.min(body.len());
+            let to = from.saturating_add(len).min(body.len());
+            if body.len() - (to - from) + data.len() > limit {
+                return BAD_ARGUMENT;
+            }
+            body.splice(from..to, data);
+            OK
+        },
     )?;
     l.func_wrap(
         "env",
@@ -302,9 +327,77 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
     l.func_wrap(
         "env",
         "proxy_http_call",
-        |_c: C, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _t: i32, _r: i32| -> i32 { UNIMPLEMENTED },
+        |mut c: C, up: i32, ul: i32, hp: i32, hl: i32, bp: i32, bl: i32, _tp: i32, _tl: i32, ms: i32, token_ptr: i32| -> i32 {
+            let (Some(upstream), Some(raw), Some(body)) = (read(&mut c, up, ul), read(&mut c, hp, hl), read(&mut c, bp, bl)) else {
+                return INVALID_MEMORY_ACCESS;
+            };
+            let Some(pairs) = decode_map(&raw) else { return BAD_ARGUMENT };
+            match call_request(c.data(), upstream, pairs, body, ms) {
+                Ok(req) => {
+                    let token = c.data_mut().queue_call(req);
+                    if write(&mut c, token_ptr, &token.to_le_bytes()) {
+                        OK
+                    } else {
+                        c.data_mut().calls.pop();
+                        INVALID_MEMORY_ACCESS
+                    }
+                }
+                Err(status) => status,
+            }
+        },
     )?;
     wasi(l)
+}
+
+/// Calls a request may make (each answered before the next round of callbacks).
+const MAX_CALLS: usize = 8;
+
+/// A `proxy_http_call` as the request the host will make, or the ABI status refusing it:
+/// an upstream the filter's `upstreams` does not list, a header block without `:method`
+/// and `:path`, a call outside the callbacks that may make one.
+fn call_request(
+    s: &State,
+    upstream: Vec<u8>,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Vec<u8>,
+    ms: i32,
+) -> Result<crate::callout::CallRequest, i32> {
+    let upstream = String::from_utf8(upstream).map_err(|_| BAD_ARGUMENT)?;
+    if !s.can_call || s.calls.len() >= MAX_CALLS || !s.shared.upstreams.contains(&upstream) {
+        return Err(BAD_ARGUMENT);
+    }
+    let (mut method, mut path, mut authority) = (None, None, None);
+    let mut headers = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let k = k.to_ascii_lowercase();
+        match k.as_slice() {
+            b":method" => method = http::Method::from_bytes(&v).ok(),
+            b":path" => path = String::from_utf8(v).ok().filter(|p| p.starts_with('/')),
+            b":authority" => authority = String::from_utf8(v).ok(),
+            k if k.starts_with(b":") => {}
+            _ => {
+                let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(&k), http::HeaderValue::from_bytes(&v)) else {
+                    return Err(BAD_ARGUMENT);
+                };
+                headers.push((n, v));
+            }
+        }
+    }
+    let (Some(method), Some(path)) = (method, path) else {
+        return Err(BAD_ARGUMENT);
+    };
+    Ok(crate::callout::CallRequest {
+        upstream,
+        method,
+        path,
+        authority,
+        headers,
+        body: bytes::Bytes::from(body),
+        // 0 (or less) asks for no timeout of its own: the host's default bounds it.
+        timeout: std::time::Duration::from_millis(if ms <= 0 { 5_000 } else { ms.min(60_000) as u64 }),
+        max_body: s.shared.max_body,
+        request_id: String::new(),
+    })
 }
 
 /// The few WASI calls guest runtimes make on start and on abort.

@@ -13,6 +13,7 @@
 mod abi;
 mod engine;
 mod host;
+mod maps;
 mod shared;
 mod vm;
 
@@ -59,6 +60,16 @@ pub struct FilterConfig {
     /// the filter's name.
     #[serde(default)]
     pub root_id: Option<String>,
+    /// The upstreams `proxy_http_call` may name (checked against `[upstreams]` at load).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Largest body the filter holds buffered (request, response, or a call's answer).
+    #[serde(default = "d_body")]
+    pub max_body: String,
+}
+
+fn d_body() -> String {
+    "1MiB".into()
 }
 
 fn d_memory() -> String {
@@ -103,6 +114,11 @@ struct Filter {
     /// `proxy_on_response_headers`.
     uses_properties: bool,
     has_response: bool,
+    /// Body callbacks: only then are bodies buffered and their framing made chunked.
+    has_request_body: bool,
+    has_response_body: bool,
+    /// The module imports `proxy_http_call`: its request phase may wait on upstream calls.
+    calls: bool,
 }
 
 impl Filter {
@@ -203,8 +219,16 @@ impl Wasm {
                     "the module exports no proxy_abi_version_0_2_0 or _0_2_1: not a proxy-wasm 0.2 filter".into(),
                 ));
             }
-            let uses_properties = module.imports().any(|i| i.name() == "proxy_get_property");
-            let has_response = module.exports().any(|e| e.name() == "proxy_on_response_headers");
+            let max_body = size(&c.max_body)
+                .filter(|m| (1..=64 << 20).contains(m))
+                .ok_or_else(|| err("max_body", format!("`{}`: a size up to 64MiB, as \"1MiB\"", c.max_body)))?;
+            let imports = |n: &str| module.imports().any(|i| i.name() == n);
+            let exports = |n: &str| module.exports().any(|e| e.name() == n);
+            let uses_properties = imports("proxy_get_property");
+            let has_response = exports("proxy_on_response_headers");
+            let has_request_body = exports("proxy_on_request_body");
+            let has_response_body = exports("proxy_on_response_body");
+            let calls = imports("proxy_http_call");
             let mut linker = wasmtime::Linker::new(&engine::ENGINE);
             host::define(&mut linker).map_err(|e| err("file", format!("host: {e:#}")))?;
             linker
@@ -214,7 +238,7 @@ impl Wasm {
                 .instantiate_pre(&module)
                 .map_err(|e| err("file", format!("linking: {e:#}")))?;
             let root_id = c.root_id.clone().unwrap_or_else(|| name.clone());
-            let shared = Arc::new(shared::Shared::new(&name, &root_id, c.config.into_bytes()));
+            let shared = Arc::new(shared::Shared::new(&name, &root_id, c.config.into_bytes(), c.upstreams, max_body));
             // One instance now: a filter that cannot start is refused at load, not per request.
             let first = Vm::new(&pre, shared.clone(), max_memory, max_time).map_err(|e| err("file", e))?;
             METRICS.instances.with_label_values(&[&name]).inc();
@@ -231,6 +255,9 @@ impl Wasm {
                 pool: Mutex::new(vec![first]),
                 uses_properties,
                 has_response,
+                has_request_body,
+                has_response_body,
+                calls,
             }));
         }
         Ok(Wasm { filters: out })
@@ -244,77 +271,194 @@ impl Wasm {
     }
 }
 
-fn request_pairs(req: &RequestHeader) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut v = Vec::with_capacity(req.headers.len() + 3);
-    v.push((b":method".to_vec(), req.method.as_str().as_bytes().to_vec()));
-    v.push((
-        b":path".to_vec(),
-        req.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes().to_vec(),
-    ));
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .map(|h| h.as_bytes().to_vec())
-        .unwrap_or_default();
-    v.push((b":authority".to_vec(), host));
-    for (k, val) in &req.headers {
-        v.push((k.as_str().as_bytes().to_vec(), val.as_bytes().to_vec()));
-    }
-    v
+/// What starting a filter on a request came to. Returned by value and matched at once:
+/// moving the instance handle costs less than boxing it on every request.
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    /// The filter's context `id` on an instance held for this request.
+    Running(Vm, i32),
+    /// A fault under fail_open: the request goes on without the filter.
+    Skip,
+    Stop(Flow),
 }
 
-fn response_pairs(resp: &ResponseHeader) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut v = Vec::with_capacity(resp.headers.len() + 1);
-    v.push((b":status".to_vec(), resp.status.as_str().as_bytes().to_vec()));
-    for (k, val) in &resp.headers {
-        v.push((k.as_str().as_bytes().to_vec(), val.as_bytes().to_vec()));
-    }
-    v
-}
+/// Rounds of `proxy_http_call` a request may go through (each call's answer may make more).
+const CALL_ROUNDS: usize = 4;
 
-/// The names whose values differ between `before` and `after` (pseudo-headers aside), with
-/// their new values.
-fn changes(before: &[(Vec<u8>, Vec<u8>)], after: &[(Vec<u8>, Vec<u8>)]) -> Vec<(http::HeaderName, Vec<http::HeaderValue>)> {
-    let values =
-        |m: &[(Vec<u8>, Vec<u8>)], k: &[u8]| -> Vec<Vec<u8>> { m.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect() };
-    let mut names: Vec<&[u8]> = before
-        .iter()
-        .chain(after)
-        .map(|(k, _)| k.as_slice())
-        .filter(|k| !k.starts_with(b":"))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let mut out = Vec::new();
-    for n in names {
-        let new = values(after, n);
-        if new == values(before, n) {
-            continue;
+impl Wasm {
+    fn fail(f: &Filter, ctx: &mut PluginCtx) -> Start {
+        match f.on_error {
+            OnError::FailClosed => {
+                ctx.rejection = Some("wasm_fault");
+                Start::Stop(Flow::Respond(Answer::error(500, "filter failed")))
+            }
+            OnError::FailOpen => Start::Skip,
         }
-        let Ok(name) = http::HeaderName::from_bytes(n) else { continue };
-        let vals = new.iter().filter_map(|v| http::HeaderValue::from_bytes(v).ok()).collect();
-        out.push((name, vals));
     }
-    out
-}
 
-fn pseudo<'a>(m: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'a [u8]> {
-    m.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
-}
-
-fn local_answer(l: vm::Local) -> Answer {
-    let mut a = Answer::empty(l.status);
-    for (k, v) in l.headers {
-        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(&k), http::HeaderValue::from_bytes(&v)) {
-            if n != http::header::CONTENT_LENGTH && n != http::header::TRANSFER_ENCODING {
-                a.headers.push((n, v));
+    /// An instance for the request, a new HTTP context on it and its request headers
+    /// callback.
+    fn start(f: &Arc<Filter>, req: &RequestHeader, ctx: &mut PluginCtx) -> Start {
+        let mut vm = match f.take() {
+            Ok(vm) => vm,
+            Err(e) => {
+                log::warn!("wasm filter {}: no instance: {e}", f.name);
+                return Self::fail(f, ctx);
+            }
+        };
+        let s = vm.state();
+        s.request = Some(maps::request_pairs(req));
+        s.dirty = false;
+        s.can_call = f.calls;
+        if f.uses_properties {
+            s.properties = vec![
+                ("request.path", req.uri.path().as_bytes().to_vec()),
+                ("request.method", req.method.as_str().as_bytes().to_vec()),
+                ("request.id", ctx.request_id.as_bytes().to_vec()),
+                ("source.address", ctx.client_ip.to_string().into_bytes()),
+                ("gatehouse.route", ctx.route.as_bytes().to_vec()),
+            ];
+            if let Some(c) = ctx.consumer_name() {
+                s.properties.push(("gatehouse.consumer", c.as_bytes().to_vec()));
+            }
+        }
+        match vm.begin().and_then(|id| vm.headers(id, false, !has_body(req)).map(|_| id)) {
+            Ok(id) => Start::Running(vm, id),
+            Err(fault) => {
+                f.fault("request headers", &fault, &ctx.request_id);
+                Self::fail(f, ctx)
             }
         }
     }
-    a.body = bytes::Bytes::from(l.body);
-    a
+
+    /// The calls the filter queued, made through the core's caller (each within its own
+    /// timeout, concurrently), each answer handed to `proxy_on_http_call_response`.
+    async fn calls(f: &Filter, vm: &mut Vm, ctx: &PluginCtx) -> Result<(), Fault> {
+        for _ in 0..CALL_ROUNDS {
+            let pending = std::mem::take(&mut vm.state().calls);
+            if pending.is_empty() || vm.state().local.is_some() {
+                return Ok(());
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for (token, mut req) in pending {
+                req.request_id = ctx.request_id.clone();
+                set.spawn(async move {
+                    let answer = match crate::callout::caller() {
+                        Some(c) => c.call(req).await,
+                        None => Err("no upstream caller in this process".to_string()),
+                    };
+                    (token, answer)
+                });
+            }
+            let mut answers = set.join_all().await;
+            answers.sort_by_key(|(t, _)| *t);
+            for (token, answer) in answers {
+                vm.state().call_response = match answer {
+                    Ok(r) => {
+                        let mut h = Vec::with_capacity(r.headers.len() + 1);
+                        h.push((b":status".to_vec(), r.status.to_string().into_bytes()));
+                        h.extend(r.headers);
+                        Some((h, r.body.to_vec()))
+                    }
+                    Err(e) => {
+                        log::warn!("wasm filter {}: http call failed: {e} (request {})", f.name, ctx.request_id);
+                        None
+                    }
+                };
+                vm.call_response(token)?;
+                if vm.state().local.is_some() {
+                    break;
+                }
+            }
+            vm.state().call_response = None;
+        }
+        if !vm.state().calls.is_empty() {
+            log::warn!(
+                "wasm filter {}: more than {CALL_ROUNDS} rounds of http calls; the rest were not made",
+                f.name
+            );
+            vm.state().calls.clear();
+        }
+        Ok(())
+    }
+
+    /// The filter's header changes applied, its instance held for the rest of the request,
+    /// and its local response (if it made one) as the answer.
+    fn finish(f: &Arc<Filter>, mut vm: Vm, id: i32, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Option<Flow> {
+        let body = has_body(req);
+        let s = vm.state();
+        s.can_call = false;
+        let local = s.local.take();
+        let after = s.request.take().unwrap_or_default();
+        if s.dirty {
+            maps::apply_request(req, &after, &f.name);
+        }
+        if f.has_request_body && body {
+            ctx.body_hooks |= PluginCtx::BODY_REQUEST;
+        }
+        if f.has_response_body {
+            ctx.body_hooks |= PluginCtx::BODY_RESPONSE;
+        }
+        ctx.guards.push(Box::new(Held {
+            filter: f.clone(),
+            slot: Mutex::new(Some((vm, id))),
+        }));
+        local.map(|l| {
+            ctx.rejection = Some("wasm_local_response");
+            Flow::Respond(maps::local_answer(l))
+        })
+    }
 }
 
+type Refusal = (&'static str, (u16, &'static str));
+
+impl Wasm {
+    /// One filter's turn on a request body chunk: buffered while it pauses, released
+    /// (as it left it) when it continues or the body ends.
+    fn filter_request_body(&self, f: &Arc<Filter>, body: &mut Option<bytes::Bytes>, end: bool, ctx: &PluginCtx) -> Result<(), Refusal> {
+        let Some(held) = self.held(f, ctx) else { return Ok(()) };
+        let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((vm, id)) = slot.as_mut() else { return Ok(()) };
+        let buf = vm.state().request_body.get_or_insert_with(Vec::new);
+        if let Some(b) = body.as_ref() {
+            buf.extend_from_slice(b);
+        }
+        if buf.len() > f.shared.max_body {
+            return Err(("body_too_large", (413, "request body is too large for the filter")));
+        }
+        match vm.body(*id, false, end) {
+            Ok(action) => {
+                let s = vm.state();
+                if let Some(l) = s.local.take() {
+                    // The header block went upstream already: the status is what is left.
+                    return Err(("wasm_local_response", (l.status, "refused by a filter")));
+                }
+                *body = Some(if action == abi::ACTION_PAUSE && !end {
+                    bytes::Bytes::new()
+                } else {
+                    s.request_body.take().map(bytes::Bytes::from).unwrap_or_default()
+                });
+            }
+            Err(fault) => {
+                let held_back = vm.state().request_body.take().unwrap_or_default();
+                f.fault("request body", &fault, &ctx.request_id);
+                *slot = None;
+                if f.on_error == OnError::FailClosed {
+                    return Err(("wasm_fault", (500, "filter failed")));
+                }
+                *body = Some(bytes::Bytes::from(held_back));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[async_trait::async_trait]
 impl Plugin for Wasm {
     fn name(&self) -> &'static str {
         NAME
@@ -326,80 +470,56 @@ impl Plugin for Wasm {
         Priority(700)
     }
 
+    /// Only a module that imports `proxy_http_call` makes the chain wait for it.
+    fn is_async(&self) -> bool {
+        self.filters.iter().any(|f| f.calls)
+    }
+
     fn request(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
         for f in &self.filters {
-            let mut vm = match f.take() {
-                Ok(vm) => vm,
-                Err(e) => {
-                    log::warn!("wasm filter {}: no instance: {e}", f.name);
-                    match f.on_error {
-                        OnError::FailClosed => return Flow::Respond(Answer::error(500, "filter failed")),
-                        OnError::FailOpen => continue,
+            match Self::start(f, req, ctx) {
+                Start::Running(vm, id) => {
+                    if let Some(flow) = Self::finish(f, vm, id, req, ctx) {
+                        return flow;
                     }
                 }
-            };
-            let no_body = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
-                && req.headers.get(http::header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
-            {
-                let s = vm.state();
-                s.request = Some(request_pairs(req));
-                s.dirty = false;
-            }
-            if f.uses_properties {
-                let s = vm.state();
-                s.properties = vec![
-                    ("request.path", req.uri.path().as_bytes().to_vec()),
-                    ("request.method", req.method.as_str().as_bytes().to_vec()),
-                    ("request.id", ctx.request_id.as_bytes().to_vec()),
-                    ("source.address", ctx.client_ip.to_string().into_bytes()),
-                    ("gatehouse.route", ctx.route.as_bytes().to_vec()),
-                ];
-                if let Some(c) = ctx.consumer_name() {
-                    s.properties.push(("gatehouse.consumer", c.as_bytes().to_vec()));
-                }
-            }
-            let run = vm.begin().and_then(|id| vm.headers(id, false, no_body).map(|_| id));
-            let id = match run {
-                Ok(id) => id,
-                Err(fault) => {
-                    f.fault("request headers", &fault, &ctx.request_id);
-                    match f.on_error {
-                        OnError::FailClosed => {
-                            ctx.rejection = Some("wasm_fault");
-                            return Flow::Respond(Answer::error(500, "filter failed"));
-                        }
-                        OnError::FailOpen => continue,
-                    }
-                }
-            };
-            let s = vm.state();
-            let local = s.local.take();
-            let after = s.request.take().unwrap_or_default();
-            if s.dirty {
-                let before = request_pairs(req);
-                if let Some(p) = pseudo(&after, b":path").filter(|p| Some(*p) != pseudo(&before, b":path")) {
-                    match std::str::from_utf8(p).ok().and_then(|p| p.parse::<http::Uri>().ok()) {
-                        Some(uri) if p.starts_with(b"/") => req.set_uri(uri),
-                        _ => log::warn!("wasm filter {}: ignored an invalid :path", f.name),
-                    }
-                }
-                for (name, values) in changes(&before, &after) {
-                    req.remove_header(&name);
-                    for v in values {
-                        let _ = req.append_header(name.clone(), v);
-                    }
-                }
-            }
-            ctx.guards.push(Box::new(Held {
-                filter: f.clone(),
-                slot: Mutex::new(Some((vm, id))),
-            }));
-            if let Some(l) = local {
-                ctx.rejection = Some("wasm_local_response");
-                return Flow::Respond(local_answer(l));
+                Start::Skip => {}
+                Start::Stop(flow) => return flow,
             }
         }
         Flow::Continue
+    }
+
+    async fn request_async(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
+        for f in &self.filters {
+            match Self::start(f, req, ctx) {
+                Start::Running(mut vm, id) => {
+                    if let Err(fault) = Self::calls(f, &mut vm, ctx).await {
+                        f.fault("http call response", &fault, &ctx.request_id);
+                        match Self::fail(f, ctx) {
+                            Start::Stop(flow) => return flow,
+                            _ => continue,
+                        }
+                    }
+                    if let Some(flow) = Self::finish(f, vm, id, req, ctx) {
+                        return flow;
+                    }
+                }
+                Start::Skip => {}
+                Start::Stop(flow) => return flow,
+            }
+        }
+        Flow::Continue
+    }
+
+    fn request_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut PluginCtx) -> Result<(), (u16, &'static str)> {
+        for f in self.filters.iter().filter(|f| f.has_request_body) {
+            if let Err((rejection, e)) = self.filter_request_body(f, body, end, ctx) {
+                ctx.rejection = Some(rejection);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn response(&self, resp: &mut ResponseHeader, ctx: &PluginCtx) {
@@ -408,7 +528,7 @@ impl Plugin for Wasm {
             let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
             let Some((vm, id)) = slot.as_mut() else { continue };
             let s = vm.state();
-            s.response = Some(response_pairs(resp));
+            s.response = Some(maps::response_pairs(resp));
             s.dirty = false;
             let no_body = resp.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
             if let Err(fault) = vm.headers(*id, true, no_body) {
@@ -420,23 +540,66 @@ impl Plugin for Wasm {
             let s = vm.state();
             s.local = None;
             let after = s.response.take().unwrap_or_default();
-            if !s.dirty {
-                continue;
+            if s.dirty {
+                maps::apply_response(resp, &after);
             }
-            let before = response_pairs(resp);
-            if let Some(code) = pseudo(&after, b":status")
-                .and_then(|c| std::str::from_utf8(c).ok())
-                .and_then(|c| c.parse::<u16>().ok())
-            {
-                let _ = resp.set_status(code);
+        }
+    }
+
+    fn response_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &PluginCtx) -> Result<(), &'static str> {
+        for f in self.filters.iter().filter(|f| f.has_response_body) {
+            let Some(held) = self.held(f, ctx) else { continue };
+            let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((vm, id)) = slot.as_mut() else { continue };
+            let buf = vm.state().response_body.get_or_insert_with(Vec::new);
+            if let Some(b) = body.as_ref() {
+                buf.extend_from_slice(b);
             }
-            for (name, values) in changes(&before, &after) {
-                resp.remove_header(&name);
-                for v in values {
-                    let _ = resp.append_header(name.clone(), v);
+            let outcome = if buf.len() > f.shared.max_body {
+                log::warn!(
+                    "wasm filter {}: response body past its max_body (request {})",
+                    f.name,
+                    ctx.request_id
+                );
+                Err(None)
+            } else {
+                vm.body(*id, true, end).map_err(Some)
+            };
+            match outcome {
+                Ok(action) => {
+                    let s = vm.state();
+                    s.local = None;
+                    *body = Some(if action == abi::ACTION_PAUSE && !end {
+                        bytes::Bytes::new()
+                    } else {
+                        s.response_body.take().map(bytes::Bytes::from).unwrap_or_default()
+                    });
+                }
+                Err(fault) => {
+                    let held_back = vm.state().response_body.take().unwrap_or_default();
+                    match fault {
+                        Some(fault) => {
+                            f.fault("response body", &fault, &ctx.request_id);
+                            *slot = None;
+                        }
+                        // Over the limit: the instance is sound; it sees no more of this body.
+                        None => {
+                            if let Some((mut vm, id)) = slot.take() {
+                                match vm.end(id, false) {
+                                    Ok(()) => f.give_back(vm),
+                                    Err(fault) => f.fault("done", &fault, &ctx.request_id),
+                                }
+                            }
+                        }
+                    }
+                    if f.on_error == OnError::FailClosed {
+                        return Err("filter failed on the response body");
+                    }
+                    *body = Some(bytes::Bytes::from(held_back));
                 }
             }
         }
+        Ok(())
     }
 
     fn log(&self, _status: u16, ctx: &PluginCtx) {

@@ -77,16 +77,22 @@ pub struct Shared {
     pub name: String,
     pub root_id: String,
     pub config: Vec<u8>,
+    /// The upstreams `proxy_http_call` may name.
+    pub upstreams: Vec<String>,
+    /// Largest body (request, response or call answer) held for the filter.
+    pub max_body: usize,
     pub data: Mutex<Table>,
     metrics: Mutex<Vec<(String, i32, Metric)>>,
 }
 
 impl Shared {
-    pub fn new(name: &str, root_id: &str, config: Vec<u8>) -> Shared {
+    pub fn new(name: &str, root_id: &str, config: Vec<u8>, upstreams: Vec<String>, max_body: usize) -> Shared {
         Shared {
             name: name.to_string(),
             root_id: root_id.to_string(),
             config,
+            upstreams,
+            max_body,
             data: Mutex::new(HashMap::new()),
             metrics: Mutex::new(Vec::new()),
         }

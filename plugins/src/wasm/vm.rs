@@ -15,6 +15,11 @@ pub struct Local {
     pub body: Vec<u8>,
 }
 
+/// A header map: (name, value) pairs in order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
+type OnCallResponse = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// What the host functions read and write during one callback.
 pub struct State {
     pub shared: Arc<Shared>,
@@ -24,6 +29,16 @@ pub struct State {
     pub response: Option<Vec<(Vec<u8>, Vec<u8>)>>,
     pub properties: Vec<(&'static str, Vec<u8>)>,
     pub local: Option<Local>,
+    /// The body bytes buffered and not yet released, during a body callback (None outside
+    /// one, so a filter reading a body it was not given gets NotFound).
+    pub request_body: Option<Vec<u8>>,
+    pub response_body: Option<Vec<u8>>,
+    /// `proxy_http_call` is allowed (request headers and call-response callbacks).
+    pub can_call: bool,
+    pub calls: Vec<(u32, crate::callout::CallRequest)>,
+    next_token: u32,
+    /// The answer `proxy_on_http_call_response` is reading: headers (`:status` first), body.
+    pub call_response: Option<(Pairs, Vec<u8>)>,
     /// A header map was written during the callback: only then is the diff computed.
     pub dirty: bool,
     /// The guest's exported memory and allocator, resolved once at instantiation.
@@ -36,8 +51,35 @@ impl State {
         match kind {
             abi::MAP_REQUEST_HEADERS => self.request.as_ref(),
             abi::MAP_RESPONSE_HEADERS => self.response.as_ref(),
+            abi::MAP_HTTP_CALL_RESPONSE_HEADERS => self.call_response.as_ref().map(|(h, _)| h),
             _ => None,
         }
+    }
+
+    pub fn body(&self, kind: i32) -> Option<&Vec<u8>> {
+        match kind {
+            abi::BUFFER_REQUEST_BODY => self.request_body.as_ref(),
+            abi::BUFFER_RESPONSE_BODY => self.response_body.as_ref(),
+            abi::BUFFER_HTTP_CALL_RESPONSE_BODY => self.call_response.as_ref().map(|(_, b)| b),
+            _ => None,
+        }
+    }
+
+    /// Only the bodies passing through may be rewritten, not a call's answer.
+    pub fn body_mut(&mut self, kind: i32) -> Option<&mut Vec<u8>> {
+        match kind {
+            abi::BUFFER_REQUEST_BODY => self.request_body.as_mut(),
+            abi::BUFFER_RESPONSE_BODY => self.response_body.as_mut(),
+            _ => None,
+        }
+    }
+
+    /// Queues a call for the host to make once the callback returns; the token names it in
+    /// `proxy_on_http_call_response`.
+    pub fn queue_call(&mut self, req: crate::callout::CallRequest) -> u32 {
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        self.calls.push((self.next_token, req));
+        self.next_token
     }
 
     pub fn map_mut(&mut self, kind: i32) -> Option<&mut Vec<(Vec<u8>, Vec<u8>)>> {
@@ -113,6 +155,9 @@ pub struct Vm {
     on_create: TypedFunc<(i32, i32), ()>,
     on_request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     on_response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_call_response: Option<OnCallResponse>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -137,6 +182,12 @@ impl Vm {
             response: None,
             properties: Vec::new(),
             local: None,
+            request_body: None,
+            response_body: None,
+            can_call: false,
+            calls: Vec::new(),
+            next_token: 0,
+            call_response: None,
             dirty: false,
             memory: None,
             alloc: None,
@@ -179,6 +230,11 @@ impl Vm {
         let get3 = |store: &mut Store<State>, n: &str| instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, n).ok();
         let on_request_headers = get3(&mut store, "proxy_on_request_headers");
         let on_response_headers = get3(&mut store, "proxy_on_response_headers");
+        let on_request_body = get3(&mut store, "proxy_on_request_body");
+        let on_response_body = get3(&mut store, "proxy_on_response_body");
+        let on_call_response = instance
+            .get_typed_func::<(i32, i32, i32, i32, i32), ()>(&mut store, "proxy_on_http_call_response")
+            .ok();
         let on_log = instance.get_typed_func::<i32, ()>(&mut store, "proxy_on_log").ok();
         let on_done = instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_done").ok();
         let on_delete = instance.get_typed_func::<i32, ()>(&mut store, "proxy_on_delete").ok();
@@ -187,6 +243,9 @@ impl Vm {
             on_create,
             on_request_headers,
             on_response_headers,
+            on_request_body,
+            on_response_body,
+            on_call_response,
             on_log,
             on_done,
             on_delete,
@@ -222,6 +281,35 @@ impl Vm {
         f.call(&mut self.store, (id, n, i32::from(end_of_stream))).map_err(Fault::from)
     }
 
+    /// `proxy_on_request_body` (or its response twin) on the bytes buffered in the state;
+    /// returns the action.
+    pub fn body(&mut self, id: i32, response: bool, end_of_stream: bool) -> Result<i32, Fault> {
+        let (f, buf) = if response {
+            (self.on_response_body.clone(), self.store.data().response_body.as_ref())
+        } else {
+            (self.on_request_body.clone(), self.store.data().request_body.as_ref())
+        };
+        let Some(f) = f else { return Ok(abi::ACTION_CONTINUE) };
+        let n = buf.map_or(0, Vec::len) as i32;
+        self.store.set_epoch_deadline(self.ticks);
+        f.call(&mut self.store, (id, n, i32::from(end_of_stream))).map_err(Fault::from)
+    }
+
+    /// `proxy_on_http_call_response` for `token`, with the answer in the state (no headers
+    /// when the call failed, as Envoy reports it). The root context receives it: the SDKs
+    /// route it to the context that made the call.
+    pub fn call_response(&mut self, token: u32) -> Result<(), Fault> {
+        let Some(f) = self.on_call_response.clone() else { return Ok(()) };
+        let (n, size) = self
+            .store
+            .data()
+            .call_response
+            .as_ref()
+            .map_or((0, 0), |(h, b)| (h.len() as i32, b.len() as i32));
+        self.store.set_epoch_deadline(self.ticks);
+        f.call(&mut self.store, (ROOT, token as i32, n, size, 0)).map_err(Fault::from)
+    }
+
     /// `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`: the context's end.
     pub fn end(&mut self, id: i32, log: bool) -> Result<(), Fault> {
         self.store.set_epoch_deadline(self.ticks);
@@ -241,6 +329,11 @@ impl Vm {
         s.response = None;
         s.local = None;
         s.properties.clear();
+        s.request_body = None;
+        s.response_body = None;
+        s.calls.clear();
+        s.call_response = None;
+        s.can_call = false;
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! One backend call: a target picked from the backend's cluster (its balancing, health,
-//! breaker, TLS and HTTP/2 settings apply), a request without a body, and the response read
-//! into memory up to the limit and parsed as JSON.
+//! breaker, TLS and HTTP/2 settings apply), a request, and the response read into memory up
+//! to the limit (parsed as JSON for an aggregate backend).
 //!
 //! The calls go through one Pingora connector with its own connection pool: the proxy's
 //! pool lives inside Pingora's proxy service and cannot be borrowed.
@@ -13,7 +13,7 @@ use once_cell::sync::Lazy;
 use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 static CONNECTOR: Lazy<Connector> = Lazy::new(|| Connector::new(None));
 
@@ -97,7 +97,7 @@ enum Attempt {
     /// A pooled connection failed before any answer in a way Pingora says is safe to retry
     /// (the target closed it while idle).
     Stale(String),
-    Answer(u16, Result<bytes::Bytes, Failure>),
+    Answer(u16, http::HeaderMap, Result<bytes::Bytes, Failure>),
 }
 
 /// Longest cause kept for the log: a broken response can carry a whole header block.
@@ -116,11 +116,27 @@ fn detail(e: &pingora_error::Error) -> String {
     s
 }
 
-/// Calls `b` at `target` (already filled in), giving up at `deadline`. A connect failure
-/// moves to another target as the cluster's `retries` allow; a pooled connection found
-/// closed is retried once (idempotent methods only). Attempts are bounded by that count,
-/// whatever the targets do. What the target caused (connect errors, timeouts, 5xx, a
-/// broken response) counts against it in the circuit breaker.
+/// One request to a cluster, whoever makes it: an aggregate backend, or a wasm filter's
+/// `proxy_http_call`.
+pub struct Outgoing<'a> {
+    pub method: &'a http::Method,
+    /// Path and query.
+    pub target: &'a str,
+    pub timeout: Duration,
+    /// Besides `Host`, which is the target's unless `host` names one.
+    pub headers: &'a [(http::HeaderName, http::HeaderValue)],
+    pub host: Option<http::HeaderValue>,
+    pub body: bytes::Bytes,
+}
+
+/// A 1xx-free answer read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// Calls `b` at `target` (already filled in) and parses its 2xx answer as JSON.
 pub async fn fetch(
     b: &Backend,
     cluster: &Arc<Cluster>,
@@ -129,6 +145,40 @@ pub async fn fetch(
     limit: usize,
     deadline: tokio::time::Instant,
 ) -> Result<serde_json::Value, Failure> {
+    let mut headers = Vec::with_capacity(6);
+    headers.push((http::header::ACCEPT, http::HeaderValue::from_static("application/json")));
+    headers.push((http::HeaderName::from_static("x-forwarded-for"), fwd.client_ip.clone()));
+    headers.push((
+        http::HeaderName::from_static("x-forwarded-proto"),
+        http::HeaderValue::from_static(fwd.proto),
+    ));
+    if let Some(id) = &fwd.request_id {
+        headers.push((http::HeaderName::from_static("x-request-id"), id.clone()));
+    }
+    if let Some((n, v)) = &fwd.consumer {
+        headers.push((n.clone(), v.clone()));
+    }
+    let out = Outgoing {
+        method: &b.method,
+        target,
+        timeout: b.timeout,
+        headers: &headers,
+        host: None,
+        body: bytes::Bytes::new(),
+    };
+    let reply = exchange(cluster, &out, limit, deadline).await?;
+    if !(200..300).contains(&reply.status) {
+        return Err(Failure::Status(reply.status));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| Failure::BadJson(e.to_string()))
+}
+
+/// Sends `out` to a target of `cluster`, giving up at `deadline`. A connect failure
+/// moves to another target as the cluster's `retries` allow; a pooled connection found
+/// closed is retried once (idempotent methods only). Attempts are bounded by that count,
+/// whatever the targets do. What the target caused (connect errors, timeouts, 5xx, a
+/// broken response) counts against it in the circuit breaker.
+pub async fn exchange(cluster: &Arc<Cluster>, out: &Outgoing<'_>, limit: usize, deadline: tokio::time::Instant) -> Result<Reply, Failure> {
     let mut tried: Vec<usize> = Vec::new();
     let mut stale_retried = false;
     let mut last: Option<Failure> = None;
@@ -147,7 +197,7 @@ pub async fn fetch(
         }
         let flight = InFlight::new(cluster.clone(), idx);
         let started = Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, attempt(b, cluster, &flight, idx, target, fwd, limit)).await;
+        let outcome = tokio::time::timeout_at(deadline, attempt(cluster, &flight, idx, out, limit)).await;
         cluster.duration.observe(started.elapsed().as_secs_f64());
         match outcome {
             Err(_) => {
@@ -162,28 +212,29 @@ pub async fn fetch(
                 }
             }
             Ok(Attempt::Stale(e)) => {
-                if stale_retried || !b.method.is_idempotent() {
+                if stale_retried || !out.method.is_idempotent() {
                     flight.report(false);
                     return Err(Failure::Io(e));
                 }
                 stale_retried = true;
                 last = Some(Failure::Io(e));
             }
-            Ok(Attempt::Answer(status, body)) => {
+            Ok(Attempt::Answer(status, headers, body)) => {
                 flight.report(status < 500 && !matches!(body, Err(Failure::Io(_))));
-                let body = body?;
-                if !(200..300).contains(&status) {
-                    return Err(Failure::Status(status));
-                }
-                return serde_json::from_slice(&body).map_err(|e| Failure::BadJson(e.to_string()));
+                return Ok(Reply {
+                    status,
+                    headers,
+                    body: body?,
+                });
             }
         }
     }
     Err(last.unwrap_or(Failure::NoTarget))
 }
 
-async fn attempt(b: &Backend, cluster: &Cluster, flight: &InFlight, idx: usize, target: &str, fwd: &Forward, limit: usize) -> Attempt {
-    let peer = cluster.peer(idx, Some(b.timeout));
+async fn attempt(cluster: &Cluster, flight: &InFlight, idx: usize, out: &Outgoing<'_>, limit: usize) -> Attempt {
+    let none = http::HeaderMap::new;
+    let peer = cluster.peer(idx, Some(out.timeout));
     let (mut session, reused) = match CONNECTOR.get_http_session(&*peer).await {
         Ok(s) => s,
         Err(e) => return Attempt::Connect(detail(&e)),
@@ -193,12 +244,16 @@ async fn attempt(b: &Backend, cluster: &Cluster, flight: &InFlight, idx: usize, 
     } else {
         cluster.pool.new.inc();
     }
-    let req = match request(b, target, flight.target().host_header.clone(), fwd) {
+    let host = out.host.clone().unwrap_or_else(|| flight.target().host_header.clone());
+    let req = match request(out, host) {
         Ok(r) => r,
-        Err(e) => return Attempt::Answer(0, Err(Failure::Io(detail(&e)))),
+        Err(e) => return Attempt::Answer(0, none(), Err(Failure::Io(detail(&e)))),
     };
     let sent = async {
         session.write_request_header(Box::new(req)).await?;
+        if !out.body.is_empty() {
+            session.write_request_body(out.body.clone(), true).await?;
+        }
         session.finish_request_body().await?;
         // Informational answers (100, 103) come before the real one; a few at most.
         for _ in 0..8 {
@@ -218,17 +273,17 @@ async fn attempt(b: &Backend, cluster: &Cluster, flight: &InFlight, idx: usize, 
         return if e.retry() {
             Attempt::Stale(detail(&e))
         } else {
-            Attempt::Answer(0, Err(Failure::Io(detail(&e))))
+            Attempt::Answer(0, none(), Err(Failure::Io(detail(&e))))
         };
     }
     let status = session.response_header().map_or(0, |h| h.status.as_u16());
     if (100..200).contains(&status) {
         session.shutdown().await;
-        return Attempt::Answer(status, Err(Failure::Status(status)));
+        return Attempt::Answer(status, none(), Err(Failure::Status(status)));
     }
-    let declared = session
-        .response_header()
-        .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
+    let headers = session.response_header().map(|h| h.headers.clone()).unwrap_or_default();
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let body = match declared {
@@ -240,24 +295,19 @@ async fn attempt(b: &Backend, cluster: &Cluster, flight: &InFlight, idx: usize, 
     } else {
         session.shutdown().await;
     }
-    Attempt::Answer(status, body)
+    Attempt::Answer(status, headers, body)
 }
 
-fn request(b: &Backend, target: &str, host: http::HeaderValue, fwd: &Forward) -> pingora_error::Result<RequestHeader> {
-    let mut req = RequestHeader::build_no_case(b.method.clone(), target.as_bytes(), Some(6))?;
+fn request(out: &Outgoing<'_>, host: http::HeaderValue) -> pingora_error::Result<RequestHeader> {
+    let mut req = RequestHeader::build_no_case(out.method.clone(), out.target.as_bytes(), Some(out.headers.len() + 2))?;
     req.insert_header(http::header::HOST, host)?;
-    req.insert_header(http::header::ACCEPT, "application/json")?;
-    req.insert_header("x-forwarded-for", fwd.client_ip.clone())?;
-    req.insert_header("x-forwarded-proto", fwd.proto)?;
-    if let Some(id) = &fwd.request_id {
-        req.insert_header("x-request-id", id.clone())?;
+    for (n, v) in out.headers {
+        req.append_header(n.clone(), v.clone())?;
     }
-    if let Some((n, v)) = &fwd.consumer {
-        req.insert_header(n.clone(), v.clone())?;
-    }
-    // No body is sent; methods that usually carry one say so (some servers want 411 otherwise).
-    if matches!(b.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
-        req.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    // Methods that usually carry a body say how long it is, even when empty (some servers
+    // want 411 otherwise).
+    if !out.body.is_empty() || matches!(*out.method, http::Method::POST | http::Method::PUT | http::Method::PATCH) {
+        req.insert_header(http::header::CONTENT_LENGTH, out.body.len())?;
     }
     Ok(req)
 }

@@ -8,7 +8,7 @@
 //! (never later than the route's), and a failed required backend (or any failure with
 //! `on_partial = "502"`) answers 502 at once, cancelling the calls still running.
 
-mod call;
+pub mod call;
 mod fill;
 mod merge;
 pub mod plan;

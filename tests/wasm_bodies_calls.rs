@@ -1,0 +1,168 @@
+//! proxy-wasm bodies and calls in the real gateway: a WAT filter that buffers and rewrites
+//! both bodies (lengths change after the header blocks went out), body limits, and the
+//! AssemblyScript filter (tests/wasm-filter) reading a request body and calling an
+//! upstream with `proxy_http_call` before it lets a request through.
+
+mod common;
+
+use common::{request, Gateway, Upstream};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/wasm/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn assemblyscript_filter() -> String {
+    let path = format!("{}/tests/wasm-filter/build/filter.wasm", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: scripts/setup test (scripts/build-wasm-filter) builds it"
+    );
+    path
+}
+
+fn gateway(up: &Upstream, authz: &Upstream) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[upstreams.u]
+targets = ["{up}"]
+[upstreams.authz]
+targets = ["{authz}"]
+retries = 0
+
+[routes.body]
+paths = ["/body"]
+upstream = "u"
+[routes.body.plugins.wasm.rewrite]
+file = "{body}"
+
+[routes.small]
+paths = ["/small"]
+upstream = "u"
+[routes.small.plugins.wasm.rewrite_small]
+file = "{body}"
+max_body = "64KiB"
+
+[routes.as]
+paths = ["/as"]
+upstream = "u"
+[routes.as.plugins.wasm.as_filter]
+file = "{as_filter}"
+config = "hello-as"
+root_id = "gatehouse_test"
+upstreams = ["authz"]
+"#,
+        up = up.addr,
+        authz = authz.addr,
+        body = fixture("body.wat"),
+        as_filter = assemblyscript_filter(),
+    ))
+}
+
+#[test]
+fn a_filter_rewrites_whole_bodies_both_ways() {
+    let (up, authz) = (Upstream::start("u"), Upstream::start("authz"));
+    let reply = "r".repeat(300_000);
+    up.set(|b| b.body = Some(reply.clone()));
+    let gw = gateway(&up, &authz);
+    // Larger than one read: the filter sees it whole only if the host buffers across chunks
+    // (a filter called per chunk would prefix every chunk).
+    let sent = "q".repeat(300_000);
+    let r = request(&gw.addr, "POST", "/body", &[("content-type", "text/plain")], Some(&sent));
+    assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(200)]);
+    let seen = up.last();
+    assert_eq!(seen.body.len(), sent.len() + 5, "the upstream got the rewritten length");
+    assert!(seen.body.starts_with(b"seen:qqq"));
+    assert_eq!(seen.body.windows(5).filter(|w| w == b"seen:").count(), 1);
+    assert_eq!(seen.header("content-length"), None, "the length changed: the body goes chunked");
+    assert_eq!(r.body.len(), reply.len() + 9);
+    assert!(r.body.ends_with("r|filtered"));
+    assert_eq!(r.body.matches("|filtered").count(), 1);
+    // A body-less request is not touched and keeps its framing.
+    let r = gw.get("/body");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().body, b"");
+}
+
+#[test]
+fn bodies_past_the_filter_limit_are_refused() {
+    let (up, authz) = (Upstream::start("u"), Upstream::start("authz"));
+    let gw = gateway(&up, &authz);
+    let before = up.count();
+    let r = request(&gw.addr, "POST", "/small", &[], Some(&"z".repeat(100_000)));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.json()["request_id"].is_string(), "{}", r.body);
+    assert_eq!(up.count(), before, "the upstream never got the whole body");
+    // Within the limit it goes through, rewritten.
+    let r = request(&gw.addr, "POST", "/small", &[], Some("hello"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().body, b"seen:hello");
+}
+
+#[test]
+fn an_sdk_filter_reads_the_request_body() {
+    let (up, authz) = (Upstream::start("u"), Upstream::start("authz"));
+    let gw = gateway(&up, &authz);
+    let before = up.count();
+    let body = format!("{}forbidden{}", "a".repeat(100_000), "b".repeat(100_000));
+    let r = request(&gw.addr, "POST", "/as", &[], Some(&body));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(up.count(), before, "a refused body never reaches the upstream");
+    let r = request(&gw.addr, "POST", "/as", &[], Some("a fine body"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().body, b"a fine body");
+    assert_eq!(up.last().header("x-from-assemblyscript"), Some("hello-as"));
+}
+
+#[test]
+fn an_sdk_filter_calls_an_upstream_before_letting_a_request_through() {
+    let (up, authz) = (Upstream::start("u"), Upstream::start("authz"));
+    authz.set(|b| b.body = Some("ok-alice".into()));
+    let gw = gateway(&up, &authz);
+    let r = request(&gw.addr, "GET", "/as/x", &[("x-as-call", "alice")], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let asked = authz.last();
+    assert_eq!(asked.path, "/check?user=alice");
+    assert_eq!(asked.header("host"), Some("authz.internal"));
+    assert_eq!(asked.header("x-request-id"), r.header("x-request-id"));
+    assert_eq!(up.last().header("x-authz"), Some("ok-alice"), "the call's answer went upstream");
+
+    // The authz service says no: the filter answers 403 and the upstream is not called.
+    authz.set(|b| b.status = 403);
+    let before = up.count();
+    let r = request(&gw.addr, "GET", "/as/x", &[("x-as-call", "mallory")], None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body, "refused by authz");
+    assert_eq!(authz.last().path, "/check?user=mallory");
+    // The authz service is gone: the call fails, the filter sees no answer and refuses.
+    authz.kill();
+    let r = request(&gw.addr, "GET", "/as/x", &[("x-as-call", "alice")], None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(up.count(), before);
+    assert!(gw.stderr().contains("http call failed"), "{}", gw.stderr());
+}
+
+#[test]
+fn a_filter_may_call_only_defined_upstreams() {
+    common::gateway::refused(
+        &format!(
+            r#"
+[server]
+pid_file = "/tmp/gh-wasm-calls/gatehouse.pid"
+upgrade_sock = "/tmp/gh-wasm-calls/upgrade.sock"
+[listeners.public]
+addr = "127.0.0.1:18080"
+[upstreams.u]
+targets = ["127.0.0.1:9"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.wasm.f]
+file = "{}"
+upstreams = ["u", "nope"]
+"#,
+            fixture("header.wat")
+        ),
+        "routes.r.plugins.wasm.f.upstreams[1]",
+        "upstream `nope` is not defined",
+    );
+}
