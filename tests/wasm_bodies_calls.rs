@@ -50,6 +50,17 @@ file = "{as_filter}"
 config = "hello-as"
 root_id = "gatehouse_test"
 upstreams = ["authz"]
+
+[routes.quick]
+paths = ["/quick"]
+upstream = "u"
+[routes.quick.plugins.wasm.as_quick]
+file = "{as_filter}"
+# The SDK's onConfigure cannot read an empty configuration.
+config = "quick"
+root_id = "gatehouse_test"
+upstreams = ["authz"]
+max_call_time = "1s"
 "#,
         up = up.addr,
         authz = authz.addr,
@@ -106,6 +117,7 @@ fn an_sdk_filter_reads_the_request_body() {
     let body = format!("{}forbidden{}", "a".repeat(100_000), "b".repeat(100_000));
     let r = request(&gw.addr, "POST", "/as", &[], Some(&body));
     assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body, "refused by body", "the filter's own answer");
     assert_eq!(up.count(), before, "a refused body never reaches the upstream");
     let r = request(&gw.addr, "POST", "/as", &[], Some("a fine body"));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -139,6 +151,23 @@ fn an_sdk_filter_calls_an_upstream_before_letting_a_request_through() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(up.count(), before);
     assert!(gw.stderr().contains("http call failed"), "{}", gw.stderr());
+}
+
+#[test]
+fn a_request_waits_on_its_calls_no_longer_than_max_call_time() {
+    let (up, authz) = (Upstream::start("u"), Upstream::start("authz"));
+    // The filter asks for 2 s per call; the route allows 1 s for all of them.
+    authz.set(|b| b.delay = std::time::Duration::from_secs(20));
+    let gw = gateway(&up, &authz);
+    let t = std::time::Instant::now();
+    let r = request(&gw.addr, "GET", "/quick", &[("x-as-call", "alice")], None);
+    let took = t.elapsed();
+    assert_eq!(r.status, 403, "the call timed out and the filter refused: {}", r.body);
+    assert!(took < std::time::Duration::from_secs(10), "waited {took:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "answered before the call could time out: {took:?}"
+    );
 }
 
 #[test]

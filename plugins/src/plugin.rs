@@ -75,9 +75,9 @@ pub trait Plugin: Send + Sync {
     /// A request body chunk, for a plugin that asked for the body on this request by setting
     /// [`PluginCtx::BODY_REQUEST`] in `ctx.body_hooks` (routes without such a plugin pay
     /// nothing). A chunk may be held back as `Some(empty)` and released later; `end` is the
-    /// last call. An error answers the client with its status (the body never reaches the
-    /// upstream whole).
-    fn request_body(&self, _body: &mut Option<bytes::Bytes>, _end: bool, _ctx: &mut PluginCtx) -> Result<(), (u16, &'static str)> {
+    /// last call. An error is the answer the client gets (the body never reaches the
+    /// upstream whole, and the upstream request is abandoned).
+    fn request_body(&self, _body: &mut Option<bytes::Bytes>, _end: bool, _ctx: &mut PluginCtx) -> Result<(), Answer> {
         Ok(())
     }
 

@@ -43,10 +43,10 @@ pub fn request_body(
     body: &mut Option<bytes::Bytes>,
     end: bool,
     ctx: &mut PluginCtx,
-) -> Result<(), (u16, &'static str)> {
+) -> Result<(), gatehouse_plugins::Answer> {
     catch_unwind(AssertUnwindSafe(|| p.request_body(body, end, ctx))).unwrap_or_else(|_| {
         caught(&**p, "request body");
-        Err((500, "internal error"))
+        Err(gatehouse_plugins::Answer::error(500, "internal error"))
     })
 }
 

@@ -219,9 +219,15 @@ impl ProxyHttp for Gateway {
         if ctx.plugin.body_hooks & PluginCtx::BODY_REQUEST != 0 {
             if let Some(route) = ctx.route.clone() {
                 for p in route.plugins.iter() {
-                    if let Err((status, reason)) = chain::request_body(p, body, end, &mut ctx.plugin) {
+                    if let Err(a) = chain::request_body(p, body, end, &mut ctx.plugin) {
                         ctx.plugin.rejection.get_or_insert("plugin_body");
-                        return Err(Error::explain(ErrorType::HTTPStatus(status), reason));
+                        let status = a.status;
+                        // The plugin's own answer, unless the upstream's is already on its
+                        // way; then the response is cut.
+                        if session.response_written().is_none() {
+                            answer::write(session, ctx, a, true).await;
+                        }
+                        return Err(Error::explain(ErrorType::HTTPStatus(status), "answered by a plugin"));
                     }
                 }
             }

@@ -49,6 +49,21 @@ pub fn encode_map<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone)
     out
 }
 
+/// The pairs of a map this host serialized, without copying (a malformed tail ends it).
+pub fn pairs(b: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let u32_at = move |i: usize| -> Option<usize> { Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize) };
+    let n = u32_at(0).filter(|n| *n <= b.len() / 10).unwrap_or(0);
+    let mut at = 4 + n * 8;
+    (0..n).map_while(move |i| {
+        let (kl, vl) = (u32_at(4 + i * 8)?, u32_at(8 + i * 8)?);
+        let k = b.get(at..at.checked_add(kl)?)?;
+        let vs = at + kl + 1;
+        let v = b.get(vs..vs.checked_add(vl)?)?;
+        at = vs + vl + 1;
+        Some((k, v))
+    })
+}
+
 /// The pairs of a serialized map; None when the bytes do not hold what their counts say.
 pub fn decode_map(b: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let u32_at = |i: usize| -> Option<usize> { Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize) };

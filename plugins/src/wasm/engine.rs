@@ -12,6 +12,8 @@ use wasmtime::{Config, Engine, Module};
 pub static ENGINE: Lazy<Engine> = Lazy::new(|| {
     let mut c = Config::new();
     c.epoch_interruption(true);
+    // One linear memory per module: `max_memory` caps each memory, not their number.
+    c.wasm_multi_memory(false);
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
     let engine = Engine::new(&c).unwrap_or_else(|e| panic!("the wasm engine cannot start on this machine: {e:#}"));
     let ticker = engine.clone();

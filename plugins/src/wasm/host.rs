@@ -65,7 +65,8 @@ fn text(b: Vec<u8>) -> String {
 
 pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
     l.func_wrap("env", "proxy_log", |mut c: C, level: i32, ptr: i32, len: i32| -> i32 {
-        let Some(msg) = read(&mut c, ptr, len) else {
+        // One line is enough for a log message; the rest of a huge one is not read.
+        let Some(msg) = read(&mut c, ptr, len.clamp(0, MAX_LOG)) else {
             return INVALID_MEMORY_ACCESS;
         };
         let filter = c.data().shared.name.clone();
@@ -105,12 +106,20 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
     l.func_wrap("env", "proxy_set_tick_period_milliseconds", |_c: C, _ms: i32| -> i32 { OK })?;
     l.func_wrap("env", "proxy_set_effective_context", |_c: C, _id: i32| -> i32 { OK })?;
     l.func_wrap("env", "proxy_done", |_c: C| -> i32 { OK })?;
-    for name in ["proxy_continue_request", "proxy_continue_response"] {
-        l.func_wrap("env", name, |_c: C| -> i32 { OK })?;
-    }
-    for name in ["proxy_continue_stream", "proxy_close_stream"] {
-        l.func_wrap("env", name, |_c: C, _t: i32| -> i32 { OK })?;
-    }
+    // Resuming a paused request (0.2.0's name and 0.2.1's stream form); responses are never
+    // held, so resuming one is a no-op.
+    l.func_wrap("env", "proxy_continue_request", |mut c: C| -> i32 {
+        c.data_mut().resumed = true;
+        OK
+    })?;
+    l.func_wrap("env", "proxy_continue_response", |_c: C| -> i32 { OK })?;
+    l.func_wrap("env", "proxy_continue_stream", |mut c: C, stream: i32| -> i32 {
+        if stream == 0 {
+            c.data_mut().resumed = true;
+        }
+        OK
+    })?;
+    l.func_wrap("env", "proxy_close_stream", |_c: C, _t: i32| -> i32 { OK })?;
     l.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
@@ -163,8 +172,8 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: C, kind: i32, ptr_ptr: i32, size_ptr: i32| -> wasmtime::Result<i32> {
-            let Some(map) = c.data().map(kind) else { return Ok(NOT_FOUND) };
-            let enc = encode_map(map.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+            let Some(map) = c.data_mut().map(kind) else { return Ok(NOT_FOUND) };
+            let enc = map.encoded().into_owned();
             give(&mut c, &enc, ptr_ptr, size_ptr)
         },
     )?;
@@ -176,11 +185,13 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
                 return INVALID_MEMORY_ACCESS;
             };
             let Some(pairs) = decode_map(&raw) else { return BAD_ARGUMENT };
-            match c.data_mut().map_mut(kind) {
+            match c.data_mut().map(kind) {
                 Some(m) => {
-                    m.clear();
-                    m.extend(pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
-                    OK
+                    if m.set_all(pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()) {
+                        OK
+                    } else {
+                        BAD_ARGUMENT
+                    }
                 }
                 None => NOT_FOUND,
             }
@@ -194,8 +205,8 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
                 return Ok(INVALID_MEMORY_ACCESS);
             };
             let key = key.to_ascii_lowercase();
-            let Some(map) = c.data().map(kind) else { return Ok(NOT_FOUND) };
-            let Some(v) = map.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()) else {
+            let Some(map) = c.data_mut().map(kind) else { return Ok(NOT_FOUND) };
+            let Some(v) = map.get(&key) else {
                 return Ok(NOT_FOUND);
             };
             give(&mut c, &v, ptr_ptr, size_ptr)
@@ -207,12 +218,13 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
                 return INVALID_MEMORY_ACCESS;
             };
             let key = key.to_ascii_lowercase();
-            let Some(m) = c.data_mut().map_mut(kind) else { return NOT_FOUND };
-            if replace {
-                m.retain(|(k, _)| *k != key);
+            let Some(m) = c.data_mut().map(kind) else { return NOT_FOUND };
+            let done = if replace { m.replace(key, value) } else { m.add(key, value) };
+            if done {
+                OK
+            } else {
+                BAD_ARGUMENT
             }
-            m.push((key, value));
-            OK
         })?;
     }
     l.func_wrap(
@@ -223,10 +235,13 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
                 return INVALID_MEMORY_ACCESS;
             };
             let key = key.to_ascii_lowercase();
-            match c.data_mut().map_mut(kind) {
+            match c.data_mut().map(kind) {
                 Some(m) => {
-                    m.retain(|(k, _)| *k != key);
-                    OK
+                    if m.remove(key) {
+                        OK
+                    } else {
+                        BAD_ARGUMENT
+                    }
                 }
                 None => NOT_FOUND,
             }
@@ -351,6 +366,8 @@ pub fn define(l: &mut Linker<State>) -> wasmtime::Result<()> {
 
 /// Calls a request may make (each answered before the next round of callbacks).
 const MAX_CALLS: usize = 8;
+/// Longest log message taken from a filter.
+const MAX_LOG: i32 = 4096;
 
 /// A `proxy_http_call` as the request the host will make, or the ABI status refusing it:
 /// an upstream the filter's `upstreams` does not list, a header block without `:method`
@@ -372,7 +389,12 @@ fn call_request(
         let k = k.to_ascii_lowercase();
         match k.as_slice() {
             b":method" => method = http::Method::from_bytes(&v).ok(),
-            b":path" => path = String::from_utf8(v).ok().filter(|p| p.starts_with('/')),
+            // A request target is visible ASCII: no spaces, no line breaks to smuggle.
+            b":path" => {
+                path = String::from_utf8(v)
+                    .ok()
+                    .filter(|p| p.starts_with('/') && p.bytes().all(|b| (0x21..0x7f).contains(&b)))
+            }
             b":authority" => authority = String::from_utf8(v).ok(),
             k if k.starts_with(b":") => {}
             _ => {

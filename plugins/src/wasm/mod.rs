@@ -1,7 +1,8 @@
 //! proxy-wasm filters: `[plugins.wasm.NAME]` tables, each a module run on wasmtime through
 //! a host for ABI 0.2.0/0.2.1 written here (`host`), so filters built for Envoy, Kong's
 //! ngx_wasm_module or APISIX with a proxy-wasm SDK run unchanged (within what the host
-//! offers: headers, local responses, properties, logging, shared data and metrics).
+//! offers: headers, buffered bodies, local responses, properties, logging, shared data,
+//! metrics, and HTTP calls to the upstreams a filter lists).
 //!
 //! A module is compiled once (and again only when its bytes change); instances are pooled
 //! per filter and reused, each request getting its own HTTP context on one instance from
@@ -11,7 +12,9 @@
 //! (500) or goes on without the filter.
 
 mod abi;
+mod body;
 mod engine;
+mod hmap;
 mod host;
 mod maps;
 mod shared;
@@ -66,6 +69,13 @@ pub struct FilterConfig {
     /// Largest body the filter holds buffered (request, response, or a call's answer).
     #[serde(default = "d_body")]
     pub max_body: String,
+    /// The most a request waits on the filter's HTTP calls, all rounds together.
+    #[serde(default = "d_call_time")]
+    pub max_call_time: String,
+}
+
+fn d_call_time() -> String {
+    "30s".into()
 }
 
 fn d_body() -> String {
@@ -119,6 +129,7 @@ struct Filter {
     has_response_body: bool,
     /// The module imports `proxy_http_call`: its request phase may wait on upstream calls.
     calls: bool,
+    max_call_time: Duration,
 }
 
 impl Filter {
@@ -222,6 +233,10 @@ impl Wasm {
             let max_body = size(&c.max_body)
                 .filter(|m| (1..=64 << 20).contains(m))
                 .ok_or_else(|| err("max_body", format!("`{}`: a size up to 64MiB, as \"1MiB\"", c.max_body)))?;
+            let max_call_time = crate::util::parse_duration(&c.max_call_time).map_err(|e| err("max_call_time", e))?;
+            if max_call_time.is_zero() || max_call_time > Duration::from_secs(300) {
+                return Err(err("max_call_time", "must be above zero and at most 5m".into()));
+            }
             let imports = |n: &str| module.imports().any(|i| i.name() == n);
             let exports = |n: &str| module.exports().any(|e| e.name() == n);
             let uses_properties = imports("proxy_get_property");
@@ -242,7 +257,7 @@ impl Wasm {
             // One instance now: a filter that cannot start is refused at load, not per request.
             let first = Vm::new(&pre, shared.clone(), max_memory, max_time).map_err(|e| err("file", e))?;
             METRICS.instances.with_label_values(&[&name]).inc();
-            for kind in ["trap", "timeout", "memory"] {
+            for kind in ["trap", "timeout", "memory", "stalled"] {
                 METRICS.faults.with_label_values(&[&name, kind]);
             }
             out.push(Arc::new(Filter {
@@ -258,6 +273,7 @@ impl Wasm {
                 has_request_body,
                 has_response_body,
                 calls,
+                max_call_time,
             }));
         }
         Ok(Wasm { filters: out })
@@ -275,8 +291,9 @@ impl Wasm {
 /// moving the instance handle costs less than boxing it on every request.
 #[allow(clippy::large_enum_variant)]
 enum Start {
-    /// The filter's context `id` on an instance held for this request.
-    Running(Vm, i32),
+    /// The filter's context `id` on an instance held for this request, and whether its
+    /// header callback paused the request.
+    Running(Vm, i32, bool),
     /// A fault under fail_open: the request goes on without the filter.
     Skip,
     Stop(Flow),
@@ -307,9 +324,9 @@ impl Wasm {
             }
         };
         let s = vm.state();
-        s.request = Some(maps::request_pairs(req));
-        s.dirty = false;
+        s.request = Some(hmap::Map::new(&maps::request_slices(req)));
         s.can_call = f.calls;
+        s.resumed = false;
         if f.uses_properties {
             s.properties = vec![
                 ("request.path", req.uri.path().as_bytes().to_vec()),
@@ -322,8 +339,8 @@ impl Wasm {
                 s.properties.push(("gatehouse.consumer", c.as_bytes().to_vec()));
             }
         }
-        match vm.begin().and_then(|id| vm.headers(id, false, !has_body(req)).map(|_| id)) {
-            Ok(id) => Start::Running(vm, id),
+        match vm.begin().and_then(|id| vm.headers(id, false, !has_body(req)).map(|a| (id, a))) {
+            Ok((id, action)) => Start::Running(vm, id, action == abi::ACTION_PAUSE),
             Err(fault) => {
                 f.fault("request headers", &fault, &ctx.request_id);
                 Self::fail(f, ctx)
@@ -334,6 +351,7 @@ impl Wasm {
     /// The calls the filter queued, made through the core's caller (each within its own
     /// timeout, concurrently), each answer handed to `proxy_on_http_call_response`.
     async fn calls(f: &Filter, vm: &mut Vm, ctx: &PluginCtx) -> Result<(), Fault> {
+        let deadline = std::time::Instant::now() + f.max_call_time;
         for _ in 0..CALL_ROUNDS {
             let pending = std::mem::take(&mut vm.state().calls);
             if pending.is_empty() || vm.state().local.is_some() {
@@ -342,6 +360,8 @@ impl Wasm {
             let mut set = tokio::task::JoinSet::new();
             for (token, mut req) in pending {
                 req.request_id = ctx.request_id.clone();
+                // All of a request's calls share `max_call_time`, whatever each one asks.
+                req.timeout = req.timeout.min(deadline.saturating_duration_since(std::time::Instant::now()));
                 set.spawn(async move {
                     let answer = match crate::callout::caller() {
                         Some(c) => c.call(req).await,
@@ -355,13 +375,19 @@ impl Wasm {
             for (token, answer) in answers {
                 vm.state().call_response = match answer {
                     Ok(r) => {
-                        let mut h = Vec::with_capacity(r.headers.len() + 1);
-                        h.push((b":status".to_vec(), r.status.to_string().into_bytes()));
-                        h.extend(r.headers);
-                        Some((h, r.body.to_vec()))
+                        let status = r.status.to_string();
+                        let mut h: Vec<(&[u8], &[u8])> = Vec::with_capacity(r.headers.len() + 1);
+                        h.push((b":status", status.as_bytes()));
+                        h.extend(r.headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                        Some((hmap::Map::new(&h), r.body.to_vec()))
                     }
                     Err(e) => {
-                        log::warn!("wasm filter {}: http call failed: {e} (request {})", f.name, ctx.request_id);
+                        log::warn!(
+                            "wasm filter {}: http call failed: {} (request {})",
+                            f.name,
+                            e.escape_debug(),
+                            ctx.request_id
+                        );
                         None
                     }
                 };
@@ -384,14 +410,17 @@ impl Wasm {
 
     /// The filter's header changes applied, its instance held for the rest of the request,
     /// and its local response (if it made one) as the answer.
-    fn finish(f: &Arc<Filter>, mut vm: Vm, id: i32, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Option<Flow> {
+    fn finish(f: &Arc<Filter>, mut vm: Vm, id: i32, paused: bool, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Option<Flow> {
         let body = has_body(req);
         let s = vm.state();
         s.can_call = false;
         let local = s.local.take();
-        let after = s.request.take().unwrap_or_default();
-        if s.dirty {
-            maps::apply_request(req, &after, &f.name);
+        // Paused with nothing left to wait for: the request must not go on as if resumed.
+        // (A filter with a body callback pauses to see the body first: the header block goes
+        // upstream, the body is held until the filter lets it through.)
+        let stalled = paused && !s.resumed && local.is_none() && !(f.has_request_body && body);
+        if let Some(m) = s.request.take() {
+            maps::apply_request(req, m.outcome(), &f.name);
         }
         if f.has_request_body && body {
             ctx.body_hooks |= PluginCtx::BODY_REQUEST;
@@ -403,53 +432,23 @@ impl Wasm {
             filter: f.clone(),
             slot: Mutex::new(Some((vm, id))),
         }));
-        local.map(|l| {
+        if let Some(l) = local {
             ctx.rejection = Some("wasm_local_response");
-            Flow::Respond(maps::local_answer(l))
-        })
-    }
-}
-
-type Refusal = (&'static str, (u16, &'static str));
-
-impl Wasm {
-    /// One filter's turn on a request body chunk: buffered while it pauses, released
-    /// (as it left it) when it continues or the body ends.
-    fn filter_request_body(&self, f: &Arc<Filter>, body: &mut Option<bytes::Bytes>, end: bool, ctx: &PluginCtx) -> Result<(), Refusal> {
-        let Some(held) = self.held(f, ctx) else { return Ok(()) };
-        let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((vm, id)) = slot.as_mut() else { return Ok(()) };
-        let buf = vm.state().request_body.get_or_insert_with(Vec::new);
-        if let Some(b) = body.as_ref() {
-            buf.extend_from_slice(b);
+            return Some(Flow::Respond(maps::local_answer(l)));
         }
-        if buf.len() > f.shared.max_body {
-            return Err(("body_too_large", (413, "request body is too large for the filter")));
-        }
-        match vm.body(*id, false, end) {
-            Ok(action) => {
-                let s = vm.state();
-                if let Some(l) = s.local.take() {
-                    // The header block went upstream already: the status is what is left.
-                    return Err(("wasm_local_response", (l.status, "refused by a filter")));
-                }
-                *body = Some(if action == abi::ACTION_PAUSE && !end {
-                    bytes::Bytes::new()
-                } else {
-                    s.request_body.take().map(bytes::Bytes::from).unwrap_or_default()
-                });
-            }
-            Err(fault) => {
-                let held_back = vm.state().request_body.take().unwrap_or_default();
-                f.fault("request body", &fault, &ctx.request_id);
-                *slot = None;
-                if f.on_error == OnError::FailClosed {
-                    return Err(("wasm_fault", (500, "filter failed")));
-                }
-                *body = Some(bytes::Bytes::from(held_back));
+        if stalled {
+            METRICS.faults.with_label_values(&[&f.name, "stalled"]).inc();
+            log::warn!(
+                "wasm filter {} paused the request and never resumed or answered it (request {})",
+                f.name,
+                ctx.request_id
+            );
+            if f.on_error == OnError::FailClosed {
+                ctx.rejection = Some("wasm_fault");
+                return Some(Flow::Respond(Answer::error(500, "filter failed")));
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -478,8 +477,8 @@ impl Plugin for Wasm {
     fn request(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
         for f in &self.filters {
             match Self::start(f, req, ctx) {
-                Start::Running(vm, id) => {
-                    if let Some(flow) = Self::finish(f, vm, id, req, ctx) {
+                Start::Running(vm, id, paused) => {
+                    if let Some(flow) = Self::finish(f, vm, id, paused, req, ctx) {
                         return flow;
                     }
                 }
@@ -493,7 +492,7 @@ impl Plugin for Wasm {
     async fn request_async(&self, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Flow {
         for f in &self.filters {
             match Self::start(f, req, ctx) {
-                Start::Running(mut vm, id) => {
+                Start::Running(mut vm, id, paused) => {
                     if let Err(fault) = Self::calls(f, &mut vm, ctx).await {
                         f.fault("http call response", &fault, &ctx.request_id);
                         match Self::fail(f, ctx) {
@@ -501,7 +500,7 @@ impl Plugin for Wasm {
                             _ => continue,
                         }
                     }
-                    if let Some(flow) = Self::finish(f, vm, id, req, ctx) {
+                    if let Some(flow) = Self::finish(f, vm, id, paused, req, ctx) {
                         return flow;
                     }
                 }
@@ -512,7 +511,7 @@ impl Plugin for Wasm {
         Flow::Continue
     }
 
-    fn request_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut PluginCtx) -> Result<(), (u16, &'static str)> {
+    fn request_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut PluginCtx) -> Result<(), Answer> {
         for f in self.filters.iter().filter(|f| f.has_request_body) {
             if let Err((rejection, e)) = self.filter_request_body(f, body, end, ctx) {
                 ctx.rejection = Some(rejection);
@@ -528,8 +527,7 @@ impl Plugin for Wasm {
             let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
             let Some((vm, id)) = slot.as_mut() else { continue };
             let s = vm.state();
-            s.response = Some(maps::response_pairs(resp));
-            s.dirty = false;
+            s.response = Some(hmap::Map::new(&maps::response_slices(resp)));
             let no_body = resp.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0");
             if let Err(fault) = vm.headers(*id, true, no_body) {
                 // The status line may already be decided: the response goes out as it was.
@@ -539,65 +537,15 @@ impl Plugin for Wasm {
             }
             let s = vm.state();
             s.local = None;
-            let after = s.response.take().unwrap_or_default();
-            if s.dirty {
-                maps::apply_response(resp, &after);
+            if let Some(m) = s.response.take() {
+                maps::apply_response(resp, m.outcome());
             }
         }
     }
 
     fn response_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &PluginCtx) -> Result<(), &'static str> {
         for f in self.filters.iter().filter(|f| f.has_response_body) {
-            let Some(held) = self.held(f, ctx) else { continue };
-            let mut slot = held.slot.lock().unwrap_or_else(|p| p.into_inner());
-            let Some((vm, id)) = slot.as_mut() else { continue };
-            let buf = vm.state().response_body.get_or_insert_with(Vec::new);
-            if let Some(b) = body.as_ref() {
-                buf.extend_from_slice(b);
-            }
-            let outcome = if buf.len() > f.shared.max_body {
-                log::warn!(
-                    "wasm filter {}: response body past its max_body (request {})",
-                    f.name,
-                    ctx.request_id
-                );
-                Err(None)
-            } else {
-                vm.body(*id, true, end).map_err(Some)
-            };
-            match outcome {
-                Ok(action) => {
-                    let s = vm.state();
-                    s.local = None;
-                    *body = Some(if action == abi::ACTION_PAUSE && !end {
-                        bytes::Bytes::new()
-                    } else {
-                        s.response_body.take().map(bytes::Bytes::from).unwrap_or_default()
-                    });
-                }
-                Err(fault) => {
-                    let held_back = vm.state().response_body.take().unwrap_or_default();
-                    match fault {
-                        Some(fault) => {
-                            f.fault("response body", &fault, &ctx.request_id);
-                            *slot = None;
-                        }
-                        // Over the limit: the instance is sound; it sees no more of this body.
-                        None => {
-                            if let Some((mut vm, id)) = slot.take() {
-                                match vm.end(id, false) {
-                                    Ok(()) => f.give_back(vm),
-                                    Err(fault) => f.fault("done", &fault, &ctx.request_id),
-                                }
-                            }
-                        }
-                    }
-                    if f.on_error == OnError::FailClosed {
-                        return Err("filter failed on the response body");
-                    }
-                    *body = Some(bytes::Bytes::from(held_back));
-                }
-            }
+            self.filter_response_body(f, body, end, ctx)?;
         }
         Ok(())
     }

@@ -55,7 +55,8 @@ impl Metric {
 
     pub fn record(&self, v: i64) {
         match self {
-            Metric::Counter(c) => c.inc_by((v as u64).saturating_sub(c.get())),
+            // A counter only goes up: a negative value is ignored.
+            Metric::Counter(c) => c.inc_by(u64::try_from(v).unwrap_or(0).saturating_sub(c.get())),
             Metric::Gauge(g) => g.set(v),
             Metric::Histogram(h) => h.observe(v as f64),
         }

@@ -15,8 +15,7 @@ pub struct Local {
     pub body: Vec<u8>,
 }
 
-/// A header map: (name, value) pairs in order.
-pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+use super::hmap::Map;
 /// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
 type OnCallResponse = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
@@ -25,8 +24,8 @@ pub struct State {
     pub shared: Arc<Shared>,
     limits: StoreLimits,
     /// Names lower-case; pseudo-headers (`:path`, `:method`, `:authority`, `:status`) first.
-    pub request: Option<Vec<(Vec<u8>, Vec<u8>)>>,
-    pub response: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub request: Option<Map>,
+    pub response: Option<Map>,
     pub properties: Vec<(&'static str, Vec<u8>)>,
     pub local: Option<Local>,
     /// The body bytes buffered and not yet released, during a body callback (None outside
@@ -35,23 +34,23 @@ pub struct State {
     pub response_body: Option<Vec<u8>>,
     /// `proxy_http_call` is allowed (request headers and call-response callbacks).
     pub can_call: bool,
+    /// The filter resumed its paused request (`proxy_continue_request`/`_stream`).
+    pub resumed: bool,
     pub calls: Vec<(u32, crate::callout::CallRequest)>,
     next_token: u32,
     /// The answer `proxy_on_http_call_response` is reading: headers (`:status` first), body.
-    pub call_response: Option<(Pairs, Vec<u8>)>,
-    /// A header map was written during the callback: only then is the diff computed.
-    pub dirty: bool,
+    pub call_response: Option<(Map, Vec<u8>)>,
     /// The guest's exported memory and allocator, resolved once at instantiation.
     pub memory: Option<wasmtime::Memory>,
     pub alloc: Option<TypedFunc<i32, i32>>,
 }
 
 impl State {
-    pub fn map(&self, kind: i32) -> Option<&Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn map(&mut self, kind: i32) -> Option<&mut Map> {
         match kind {
-            abi::MAP_REQUEST_HEADERS => self.request.as_ref(),
-            abi::MAP_RESPONSE_HEADERS => self.response.as_ref(),
-            abi::MAP_HTTP_CALL_RESPONSE_HEADERS => self.call_response.as_ref().map(|(h, _)| h),
+            abi::MAP_REQUEST_HEADERS => self.request.as_mut(),
+            abi::MAP_RESPONSE_HEADERS => self.response.as_mut(),
+            abi::MAP_HTTP_CALL_RESPONSE_HEADERS => self.call_response.as_mut().map(|(h, _)| h),
             _ => None,
         }
     }
@@ -80,15 +79,6 @@ impl State {
         self.next_token = self.next_token.wrapping_add(1).max(1);
         self.calls.push((self.next_token, req));
         self.next_token
-    }
-
-    pub fn map_mut(&mut self, kind: i32) -> Option<&mut Vec<(Vec<u8>, Vec<u8>)>> {
-        self.dirty = true;
-        match kind {
-            abi::MAP_REQUEST_HEADERS => self.request.as_mut(),
-            abi::MAP_RESPONSE_HEADERS => self.response.as_mut(),
-            _ => None,
-        }
     }
 
     /// A property by its path (segments joined by NUL, as the ABI sends them).
@@ -150,6 +140,25 @@ impl std::fmt::Display for Fault {
 
 const ROOT: i32 = 1;
 
+/// Table entries an instance may hold (a function table of this size is a few MiB).
+const TABLE_ELEMENTS: usize = 100_000;
+
+/// An optional callback: absent is fine; present with another signature refuses the module
+/// (skipping it silently could skip an auth check).
+fn callback<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    instance: &Instance,
+    store: &mut Store<State>,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, String> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f
+            .typed::<P, R>(&*store)
+            .map(Some)
+            .map_err(|e| format!("{name} has the wrong signature for proxy-wasm 0.2: {e:#}")),
+    }
+}
+
 pub struct Vm {
     store: Store<State>,
     on_create: TypedFunc<(i32, i32), ()>,
@@ -172,6 +181,11 @@ impl Vm {
     pub fn new(pre: &InstancePre<State>, shared: Arc<Shared>, max_memory: usize, max_time: Duration) -> Result<Vm, String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(max_memory)
+            // One memory and small tables: multi-memory or a table grown by millions of
+            // entries would hold host memory `max_memory` does not count.
+            .memories(1)
+            .tables(4)
+            .table_elements(TABLE_ELEMENTS)
             .trap_on_grow_failure(true)
             .instances(1)
             .build();
@@ -185,18 +199,19 @@ impl Vm {
             request_body: None,
             response_body: None,
             can_call: false,
+            resumed: false,
             calls: Vec::new(),
             next_token: 0,
             call_response: None,
-            dirty: false,
             memory: None,
             alloc: None,
         };
         let mut store = Store::new(pre.module().engine(), state);
         store.limiter(|s| &mut s.limits);
         let ticks = (max_time.as_millis() as u64).max(1) + 1;
-        // Start-up gets more room than a callback: runtimes initialise their heaps.
-        store.set_epoch_deadline(ticks.saturating_mul(20).max(1000));
+        // Start-up gets more room than a callback (runtimes initialise their heaps), within
+        // a second: a new instance may be made on the request path.
+        store.set_epoch_deadline(ticks.saturating_mul(20).clamp(50, 1000));
         let instance: Instance = pre.instantiate(&mut store).map_err(|e| format!("instantiating: {e:#}"))?;
         let memory = instance.get_memory(&mut store, "memory");
         let alloc = ["proxy_on_memory_allocate", "malloc"]
@@ -218,7 +233,7 @@ impl Vm {
             .call(&mut store, (ROOT, 0))
             .map_err(|e| format!("proxy_on_context_create: {}", Fault::from(e)))?;
         for (name, size) in [("proxy_on_vm_start", 0), ("proxy_on_configure", config_size)] {
-            if let Ok(f) = instance.get_typed_func::<(i32, i32), i32>(&mut store, name) {
+            if let Some(f) = callback::<(i32, i32), i32>(&instance, &mut store, name)? {
                 let ok = f
                     .call(&mut store, (ROOT, size))
                     .map_err(|e| format!("{name}: {}", Fault::from(e)))?;
@@ -227,17 +242,15 @@ impl Vm {
                 }
             }
         }
-        let get3 = |store: &mut Store<State>, n: &str| instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, n).ok();
-        let on_request_headers = get3(&mut store, "proxy_on_request_headers");
-        let on_response_headers = get3(&mut store, "proxy_on_response_headers");
-        let on_request_body = get3(&mut store, "proxy_on_request_body");
-        let on_response_body = get3(&mut store, "proxy_on_response_body");
-        let on_call_response = instance
-            .get_typed_func::<(i32, i32, i32, i32, i32), ()>(&mut store, "proxy_on_http_call_response")
-            .ok();
-        let on_log = instance.get_typed_func::<i32, ()>(&mut store, "proxy_on_log").ok();
-        let on_done = instance.get_typed_func::<i32, i32>(&mut store, "proxy_on_done").ok();
-        let on_delete = instance.get_typed_func::<i32, ()>(&mut store, "proxy_on_delete").ok();
+        type Cb3 = (i32, i32, i32);
+        let on_request_headers = callback::<Cb3, i32>(&instance, &mut store, "proxy_on_request_headers")?;
+        let on_response_headers = callback::<Cb3, i32>(&instance, &mut store, "proxy_on_response_headers")?;
+        let on_request_body = callback::<Cb3, i32>(&instance, &mut store, "proxy_on_request_body")?;
+        let on_response_body = callback::<Cb3, i32>(&instance, &mut store, "proxy_on_response_body")?;
+        let on_call_response = callback::<(i32, i32, i32, i32, i32), ()>(&instance, &mut store, "proxy_on_http_call_response")?;
+        let on_log = callback::<i32, ()>(&instance, &mut store, "proxy_on_log")?;
+        let on_done = callback::<i32, i32>(&instance, &mut store, "proxy_on_done")?;
+        let on_delete = callback::<i32, ()>(&instance, &mut store, "proxy_on_delete")?;
         Ok(Vm {
             store,
             on_create,
@@ -271,12 +284,12 @@ impl Vm {
     /// the action.
     pub fn headers(&mut self, id: i32, response: bool, end_of_stream: bool) -> Result<i32, Fault> {
         let (f, map) = if response {
-            (self.on_response_headers.clone(), self.store.data().response.as_ref())
+            (self.on_response_headers.clone(), self.store.data_mut().response.as_mut())
         } else {
-            (self.on_request_headers.clone(), self.store.data().request.as_ref())
+            (self.on_request_headers.clone(), self.store.data_mut().request.as_mut())
         };
         let Some(f) = f else { return Ok(abi::ACTION_CONTINUE) };
-        let n = map.map_or(0, Vec::len) as i32;
+        let n = map.map_or(0, |m| m.count()) as i32;
         self.store.set_epoch_deadline(self.ticks);
         f.call(&mut self.store, (id, n, i32::from(end_of_stream))).map_err(Fault::from)
     }
@@ -302,10 +315,10 @@ impl Vm {
         let Some(f) = self.on_call_response.clone() else { return Ok(()) };
         let (n, size) = self
             .store
-            .data()
+            .data_mut()
             .call_response
-            .as_ref()
-            .map_or((0, 0), |(h, b)| (h.len() as i32, b.len() as i32));
+            .as_mut()
+            .map_or((0, 0), |(h, b)| (h.count() as i32, b.len() as i32));
         self.store.set_epoch_deadline(self.ticks);
         f.call(&mut self.store, (ROOT, token as i32, n, size, 0)).map_err(Fault::from)
     }
