@@ -6,23 +6,18 @@
 
 mod common;
 
+use common::wasm::{assemblyscript_filter, fixture};
 use common::{request, Gateway, Upstream};
 use std::time::Duration;
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/wasm/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn assemblyscript_filter() -> String {
-    let path = format!("{}/tests/wasm-filter/build/filter.wasm", env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} is missing: scripts/setup test (scripts/build-wasm-filter) builds it"
-    );
-    path
-}
-
+/// A route with one filter. Unless the test is about `max_time`, the filter gets 250 ms: the
+/// 5 ms default is wall-clock time, and a loaded test machine can stall a worker that long.
 fn route(name: &str, filter: &str, table: &str) -> String {
+    let table = if table.contains("max_time") {
+        table.to_string()
+    } else {
+        format!("{table}\nmax_time = \"250ms\"")
+    };
     format!(
         r#"
 [routes.{name}]

@@ -5,24 +5,21 @@
 
 mod common;
 
+use common::wasm::{assemblyscript_filter, fixture};
 use common::{request, Gateway, Upstream};
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/wasm/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn assemblyscript_filter() -> String {
-    let path = format!("{}/tests/wasm-filter/build/filter.wasm", env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} is missing: scripts/setup test (scripts/build-wasm-filter) builds it"
-    );
-    path
-}
-
 fn gateway(up: &Upstream, authz: &Upstream) -> Gateway {
+    gateway_h2c(up, authz, &format!("127.0.0.1:{}", common::free_port()))
+}
+
+/// With a plaintext listener that takes HTTP/2 with prior knowledge at `h2c`.
+fn gateway_h2c(up: &Upstream, authz: &Upstream, h2c: &str) -> Gateway {
     Gateway::start(&format!(
         r#"
+[listeners.h2c]
+addr = "{h2c}"
+h2c = true
+
 [upstreams.u]
 targets = ["{up}"]
 [upstreams.authz]
@@ -34,12 +31,14 @@ paths = ["/body"]
 upstream = "u"
 [routes.body.plugins.wasm.rewrite]
 file = "{body}"
+max_time = "250ms"
 
 [routes.small]
 paths = ["/small"]
 upstream = "u"
 [routes.small.plugins.wasm.rewrite_small]
 file = "{body}"
+max_time = "250ms"
 max_body = "64KiB"
 
 [routes.as]
@@ -47,6 +46,7 @@ paths = ["/as"]
 upstream = "u"
 [routes.as.plugins.wasm.as_filter]
 file = "{as_filter}"
+max_time = "250ms"
 config = "hello-as"
 root_id = "gatehouse_test"
 upstreams = ["authz"]
@@ -56,6 +56,7 @@ paths = ["/quick"]
 upstream = "u"
 [routes.quick.plugins.wasm.as_quick]
 file = "{as_filter}"
+max_time = "250ms"
 # The SDK's onConfigure cannot read an empty configuration.
 config = "quick"
 root_id = "gatehouse_test"
@@ -123,6 +124,43 @@ fn an_sdk_filter_reads_the_request_body() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(up.last().body, b"a fine body");
     assert_eq!(up.last().header("x-from-assemblyscript"), Some("hello-as"));
+}
+
+#[test]
+fn an_http2_body_without_content_length_is_filtered_too() {
+    let (up, authz) = (Upstream::start("u"), Upstream::start("authz"));
+    let h2c = format!("127.0.0.1:{}", common::free_port());
+    let gw = gateway_h2c(&up, &authz, &h2c);
+    // curl uploads stdin on HTTP/2 with no Content-Length: only the stream says a body comes.
+    let upload = |body: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-T",
+                "-",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .arg(format!("http://{h2c}/as"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        child.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+        String::from_utf8_lossy(&child.wait_with_output().expect("curl").stdout).to_string()
+    };
+    let before = up.count();
+    assert_eq!(upload("this is forbidden"), "403 2");
+    assert_eq!(up.count(), before, "a refused body never reaches the upstream");
+    assert_eq!(upload("this is fine"), "200 2");
+    assert_eq!(up.last().body, b"this is fine");
+    let _ = &gw;
 }
 
 #[test]

@@ -5,15 +5,12 @@
 
 mod common;
 
+use common::wasm::fixture;
 use common::{request, Gateway, Upstream};
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/wasm/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 fn route(name: &str, file: &str) -> String {
     format!(
-        "[routes.{name}]\npaths = [\"/{name}\"]\nupstream = \"u\"\n[routes.{name}.plugins.wasm.{name}]\nfile = \"{}\"\n",
+        "[routes.{name}]\npaths = [\"/{name}\"]\nupstream = \"u\"\n[routes.{name}.plugins.wasm.{name}]\nfile = \"{}\"\nmax_time = \"250ms\"\n",
         fixture(file)
     )
 }

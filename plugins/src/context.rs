@@ -39,6 +39,9 @@ pub struct PluginCtx {
     /// Which body phases a plugin asked for on this request ([`Self::BODY_REQUEST`],
     /// [`Self::BODY_RESPONSE`]): the core calls the body hooks only then.
     pub body_hooks: u8,
+    /// The request has a body to come, as the protocol says (an HTTP/2 request may carry
+    /// one without Content-Length).
+    pub has_body: bool,
 }
 
 /// A client certificate as the TLS handshake saw it.
@@ -70,6 +73,7 @@ impl PluginCtx {
             guards: Vec::new(),
             client_cert: None,
             body_hooks: 0,
+            has_body: false,
         }
     }
 

@@ -26,7 +26,8 @@ impl Upstreams for Calls {
             .get(&req.upstream)
             .ok_or_else(|| format!("upstream `{}` is not defined (or is a function)", req.upstream))?;
         let mut headers: Vec<_> = req.headers.into_iter().filter(|(n, _)| !hop(n)).collect();
-        if let Ok(id) = http::HeaderValue::from_str(&req.request_id) {
+        let has_id = headers.iter().any(|(n, _)| n == "x-request-id");
+        if let (false, Ok(id)) = (has_id, http::HeaderValue::from_str(&req.request_id)) {
             headers.push((http::HeaderName::from_static("x-request-id"), id));
         }
         let out = Outgoing {
@@ -36,6 +37,7 @@ impl Upstreams for Calls {
             headers: &headers,
             host: req.authority.and_then(|a| http::HeaderValue::from_str(&a).ok()),
             body: req.body,
+            blame_timeout: false,
         };
         let deadline = tokio::time::Instant::now() + req.timeout;
         let reply = exchange(cluster, &out, req.max_body, deadline)

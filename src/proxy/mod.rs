@@ -162,6 +162,7 @@ impl ProxyHttp for Gateway {
         }
 
         ctx.plugin.consumers = snap_consumers;
+        ctx.plugin.has_body = has_body(session);
         for (i, p) in route.plugins.iter().enumerate() {
             if route.auth_end == Some(i) {
                 if let Some(a) = auth::gate(&route, &mut ctx.plugin) {
@@ -458,9 +459,15 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_mut() {
             w.response_header(resp)?;
         }
-        if ctx.plugin.body_hooks & PluginCtx::BODY_RESPONSE != 0 && body_follows(session, resp) {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        // Response body hooks need a body that ends with a last chunk they see: not gRPC
+        // (trailers end it), not a cached answer (a revalidated body ends with no last
+        // chunk), and a client that can take chunked framing.
+        let streamed = ctx.grpc.is_some()
+            || ctx.web.is_some()
+            || ctx.route.as_ref().is_some_and(|r| r.cache.is_some())
+            || session.req_header().version == http::Version::HTTP_10;
+        if streamed {
+            ctx.plugin.body_hooks &= !PluginCtx::BODY_RESPONSE;
         }
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
@@ -469,6 +476,12 @@ impl ProxyHttp for Gateway {
                     return Err(Error::explain(ErrorType::HTTPStatus(500), "plugin panicked"));
                 }
             }
+        }
+        if ctx.plugin.body_hooks & PluginCtx::BODY_RESPONSE != 0 && body_follows(session, resp) {
+            // A plugin may change the body's length: chunked, as HTTP/1.1 (h2 drops it).
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            resp.set_version(http::Version::HTTP_11);
         }
         Ok(())
     }
@@ -570,6 +583,18 @@ impl ProxyHttp for Gateway {
         // is not worth an error line.
         matches!(error.esource(), ErrorSource::Downstream)
     }
+}
+
+/// Whether a request has a body to come: on HTTP/2 the stream says (a body needs no
+/// Content-Length there); on HTTP/1 its framing headers do (asking Pingora's reader
+/// early would set it up before an upgrade is decided).
+fn has_body(session: &mut Session) -> bool {
+    let req = session.req_header();
+    if req.version == http::Version::HTTP_2 {
+        return !session.as_mut().is_body_empty();
+    }
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Whether a response has a body for the body hooks to see (not HEAD, 1xx, 204, 304).

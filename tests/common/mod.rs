@@ -15,6 +15,7 @@ pub mod otlp;
 pub mod redis;
 pub mod tls;
 pub mod upstream;
+pub mod wasm;
 pub mod ws;
 
 pub use client::{get, request, Response};

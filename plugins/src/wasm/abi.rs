@@ -11,10 +11,10 @@ pub const CAS_MISMATCH: i32 = 8;
 pub const INTERNAL_FAILURE: i32 = 10;
 pub const UNIMPLEMENTED: i32 = 12;
 
-/// A callback's answer: go on, or stop (`Pause`). For a body callback, `Pause` asks the
-/// host to keep buffering and call again with more (Envoy's StopIterationAndBuffer).
+/// A callback's answer: go on, or one of the stops (1 StopIteration, 3 and 4 the
+/// StopAllIteration forms for headers; for a body callback, a stop asks the host to keep
+/// buffering and call again with more, as Envoy's StopIterationAndBuffer does).
 pub const ACTION_CONTINUE: i32 = 0;
-pub const ACTION_PAUSE: i32 = 1;
 
 pub const BUFFER_REQUEST_BODY: i32 = 0;
 pub const BUFFER_RESPONSE_BODY: i32 = 1;

@@ -1,5 +1,7 @@
-//! Body callbacks: chunks buffered while a filter answers `Pause`, released as the filter
-//! left them when it answers `Continue` or the body ends, within the filter's `max_body`.
+//! Body callbacks: chunks buffered while a filter answers anything but `Continue`
+//! (StopIterationAndBuffer, and the watermark and no-buffer stops, are all held here),
+//! released as the filter left them when it answers `Continue` or the body ends, within the
+//! filter's `max_body`.
 
 use super::{abi, maps, Filter, OnError, Wasm};
 use crate::{Answer, PluginCtx};
@@ -34,7 +36,7 @@ impl Wasm {
                 if let Some(l) = s.local.take() {
                     return Err(("wasm_local_response", maps::local_answer(l)));
                 }
-                *body = Some(if action == abi::ACTION_PAUSE && !end {
+                *body = Some(if action != abi::ACTION_CONTINUE && !end {
                     bytes::Bytes::new()
                 } else {
                     s.request_body.take().map(bytes::Bytes::from).unwrap_or_default()
@@ -83,7 +85,7 @@ impl Wasm {
             Ok(action) => {
                 let s = vm.state();
                 s.local = None;
-                *body = Some(if action == abi::ACTION_PAUSE && !end {
+                *body = Some(if action != abi::ACTION_CONTINUE && !end {
                     bytes::Bytes::new()
                 } else {
                     s.response_body.take().map(bytes::Bytes::from).unwrap_or_default()

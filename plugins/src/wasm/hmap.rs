@@ -36,6 +36,18 @@ pub enum Outcome {
     Whole(Pairs),
 }
 
+/// One write applied to a whole map.
+fn fold(e: &mut Pairs, op: Op) {
+    match op {
+        Op::Add(k, v) => e.push((k, v)),
+        Op::Replace(k, v) => {
+            e.retain(|(n, _)| *n != k);
+            e.push((k, v));
+        }
+        Op::Remove(k) => e.retain(|(n, _)| *n != k),
+    }
+}
+
 impl Map {
     pub fn new(pairs: &[(&[u8], &[u8])]) -> Map {
         Map {
@@ -54,14 +66,7 @@ impl Map {
             .edited
             .get_or_insert_with(|| abi::pairs(base).map(|(k, v)| (k.to_vec(), v.to_vec())).collect());
         for op in ops.drain(..) {
-            match op {
-                Op::Add(k, v) => e.push((k, v)),
-                Op::Replace(k, v) => {
-                    e.retain(|(n, _)| *n != k);
-                    e.push((k, v));
-                }
-                Op::Remove(k) => e.retain(|(n, _)| *n != k),
-            }
+            fold(e, op);
         }
         e
     }
@@ -140,14 +145,7 @@ impl Map {
         match self.edited {
             Some(mut e) => {
                 for op in self.ops {
-                    match op {
-                        Op::Add(k, v) => e.push((k, v)),
-                        Op::Replace(k, v) => {
-                            e.retain(|(n, _)| *n != k);
-                            e.push((k, v));
-                        }
-                        Op::Remove(k) => e.retain(|(n, _)| *n != k),
-                    }
+                    fold(&mut e, op);
                 }
                 Outcome::Whole(e)
             }

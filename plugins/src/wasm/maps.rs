@@ -62,29 +62,23 @@ trait Edit {
     fn remove(&mut self, n: &http::HeaderName);
 }
 
-impl Edit for RequestHeader {
-    fn append(&mut self, n: http::HeaderName, v: http::HeaderValue) {
-        let _ = self.append_header(n, v);
-    }
-    fn insert(&mut self, n: http::HeaderName, v: http::HeaderValue) {
-        let _ = self.insert_header(n, v);
-    }
-    fn remove(&mut self, n: &http::HeaderName) {
-        self.remove_header(n);
-    }
+macro_rules! edit {
+    ($t:ty) => {
+        impl Edit for $t {
+            fn append(&mut self, n: http::HeaderName, v: http::HeaderValue) {
+                let _ = self.append_header(n, v);
+            }
+            fn insert(&mut self, n: http::HeaderName, v: http::HeaderValue) {
+                let _ = self.insert_header(n, v);
+            }
+            fn remove(&mut self, n: &http::HeaderName) {
+                self.remove_header(n);
+            }
+        }
+    };
 }
-
-impl Edit for ResponseHeader {
-    fn append(&mut self, n: http::HeaderName, v: http::HeaderValue) {
-        let _ = self.append_header(n, v);
-    }
-    fn insert(&mut self, n: http::HeaderName, v: http::HeaderValue) {
-        let _ = self.insert_header(n, v);
-    }
-    fn remove(&mut self, n: &http::HeaderName) {
-        self.remove_header(n);
-    }
-}
+edit!(RequestHeader);
+edit!(ResponseHeader);
 
 /// A filter's writes replayed on real headers; a name or value the HTTP rules refuse
 /// (CR, LF, NUL, spaces in names) is dropped. Returns the last pseudo-header `name` set.

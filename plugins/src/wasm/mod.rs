@@ -339,8 +339,9 @@ impl Wasm {
                 s.properties.push(("gatehouse.consumer", c.as_bytes().to_vec()));
             }
         }
-        match vm.begin().and_then(|id| vm.headers(id, false, !has_body(req)).map(|a| (id, a))) {
-            Ok((id, action)) => Start::Running(vm, id, action == abi::ACTION_PAUSE),
+        match vm.begin().and_then(|id| vm.headers(id, false, !ctx.has_body).map(|a| (id, a))) {
+            // StopIteration (1) and the StopAllIteration forms (3, 4) hold the request.
+            Ok((id, action)) => Start::Running(vm, id, matches!(action, 1 | 3 | 4)),
             Err(fault) => {
                 f.fault("request headers", &fault, &ctx.request_id);
                 Self::fail(f, ctx)
@@ -411,7 +412,7 @@ impl Wasm {
     /// The filter's header changes applied, its instance held for the rest of the request,
     /// and its local response (if it made one) as the answer.
     fn finish(f: &Arc<Filter>, mut vm: Vm, id: i32, paused: bool, req: &mut RequestHeader, ctx: &mut PluginCtx) -> Option<Flow> {
-        let body = has_body(req);
+        let body = ctx.has_body;
         let s = vm.state();
         s.can_call = false;
         let local = s.local.take();
@@ -423,6 +424,8 @@ impl Wasm {
             maps::apply_request(req, m.outcome(), &f.name);
         }
         if f.has_request_body && body {
+            // The body callbacks read the headers as they went upstream.
+            s.request = Some(hmap::Map::new(&maps::request_slices(req)));
             ctx.body_hooks |= PluginCtx::BODY_REQUEST;
         }
         if f.has_response_body {
@@ -450,11 +453,6 @@ impl Wasm {
         }
         None
     }
-}
-
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 #[async_trait::async_trait]
@@ -539,6 +537,9 @@ impl Plugin for Wasm {
             s.local = None;
             if let Some(m) = s.response.take() {
                 maps::apply_response(resp, m.outcome());
+            }
+            if f.has_response_body {
+                s.response = Some(hmap::Map::new(&maps::response_slices(resp)));
             }
         }
     }

@@ -127,6 +127,9 @@ pub struct Outgoing<'a> {
     pub headers: &'a [(http::HeaderName, http::HeaderValue)],
     pub host: Option<http::HeaderValue>,
     pub body: bytes::Bytes,
+    /// A timeout counts against the target only when the operator chose it (an aggregate
+    /// backend's), not when a filter did (a wasm call may ask for a millisecond).
+    pub blame_timeout: bool,
 }
 
 /// A 1xx-free answer read whole.
@@ -165,6 +168,7 @@ pub async fn fetch(
         headers: &headers,
         host: None,
         body: bytes::Bytes::new(),
+        blame_timeout: true,
     };
     let reply = exchange(cluster, &out, limit, deadline).await?;
     if !(200..300).contains(&reply.status) {
@@ -201,7 +205,9 @@ pub async fn exchange(cluster: &Arc<Cluster>, out: &Outgoing<'_>, limit: usize, 
         cluster.duration.observe(started.elapsed().as_secs_f64());
         match outcome {
             Err(_) => {
-                flight.report(false);
+                if out.blame_timeout {
+                    flight.report(false);
+                }
                 return Err(Failure::Timeout);
             }
             Ok(Attempt::Connect(e)) => {
