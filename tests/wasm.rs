@@ -161,24 +161,7 @@ fn instances_are_reused_and_modules_compiled_once() {
 #[test]
 fn bad_filters_are_refused_at_load() {
     use common::gateway::refused;
-    let base = |table: &str| {
-        format!(
-            r#"
-[server]
-pid_file = "/tmp/gh-wasm/gatehouse.pid"
-upgrade_sock = "/tmp/gh-wasm/upgrade.sock"
-[listeners.public]
-addr = "127.0.0.1:18080"
-[upstreams.u]
-targets = ["127.0.0.1:9"]
-[routes.r]
-paths = ["/"]
-upstream = "u"
-[routes.r.plugins.wasm.f]
-{table}
-"#
-        )
-    };
+    let base = common::wasm::one_filter_config;
     refused(
         &base("file = \"/nonexistent/f.wasm\""),
         "routes.r.plugins.wasm.f.file",

@@ -211,24 +211,7 @@ fn a_request_waits_on_its_calls_no_longer_than_max_call_time() {
 #[test]
 fn a_filter_may_call_only_defined_upstreams() {
     common::gateway::refused(
-        &format!(
-            r#"
-[server]
-pid_file = "/tmp/gh-wasm-calls/gatehouse.pid"
-upgrade_sock = "/tmp/gh-wasm-calls/upgrade.sock"
-[listeners.public]
-addr = "127.0.0.1:18080"
-[upstreams.u]
-targets = ["127.0.0.1:9"]
-[routes.r]
-paths = ["/"]
-upstream = "u"
-[routes.r.plugins.wasm.f]
-file = "{}"
-upstreams = ["u", "nope"]
-"#,
-            fixture("header.wat")
-        ),
+        &common::wasm::one_filter_config(&format!("file = \"{}\"\nupstreams = [\"u\", \"nope\"]", fixture("header.wat"))),
         "routes.r.plugins.wasm.f.upstreams[1]",
         "upstream `nope` is not defined",
     );

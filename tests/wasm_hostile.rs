@@ -52,25 +52,7 @@ fn hostile_filters_cannot_hold_requests_or_take_over_framing() {
 #[test]
 fn modules_that_would_escape_their_limits_are_refused_at_load() {
     let dir = common::gateway::test_dir();
-    let base = |file: &std::path::Path| {
-        format!(
-            r#"
-[server]
-pid_file = "/tmp/gh-wasm-hostile/gatehouse.pid"
-upgrade_sock = "/tmp/gh-wasm-hostile/upgrade.sock"
-[listeners.public]
-addr = "127.0.0.1:18080"
-[upstreams.u]
-targets = ["127.0.0.1:9"]
-[routes.r]
-paths = ["/"]
-upstream = "u"
-[routes.r.plugins.wasm.f]
-file = "{}"
-"#,
-            file.display()
-        )
-    };
+    let base = |file: &std::path::Path| common::wasm::one_filter_config(&format!("file = \"{}\"", file.display()));
     let prelude = r#"(func (export "malloc") (param i32) (result i32) (i32.const 1024))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_context_create") (param i32 i32))"#;

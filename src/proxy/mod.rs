@@ -9,6 +9,7 @@
 pub mod aggregate;
 mod answer;
 mod auth;
+mod bodies;
 pub mod callout;
 mod chain;
 pub mod ctx;
@@ -162,7 +163,7 @@ impl ProxyHttp for Gateway {
         }
 
         ctx.plugin.consumers = snap_consumers;
-        ctx.plugin.has_body = has_body(session);
+        ctx.plugin.has_body = bodies::has_body(session);
         for (i, p) in route.plugins.iter().enumerate() {
             if route.auth_end == Some(i) {
                 if let Some(a) = auth::gate(&route, &mut ctx.plugin) {
@@ -217,22 +218,7 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_mut() {
             w.request_body(body, end)?;
         }
-        if ctx.plugin.body_hooks & PluginCtx::BODY_REQUEST != 0 {
-            if let Some(route) = ctx.route.clone() {
-                for p in route.plugins.iter() {
-                    if let Err(a) = chain::request_body(p, body, end, &mut ctx.plugin) {
-                        ctx.plugin.rejection.get_or_insert("plugin_body");
-                        let status = a.status;
-                        // The plugin's own answer, unless the upstream's is already on its
-                        // way; then the response is cut.
-                        if session.response_written().is_none() {
-                            answer::write(session, ctx, a, true).await;
-                        }
-                        return Err(Error::explain(ErrorType::HTTPStatus(status), "answered by a plugin"));
-                    }
-                }
-            }
-        }
+        bodies::request(session, body, end, ctx).await?;
         // An h2 stream may end with an empty DATA frame; passed on, Pingora writes it to a
         // chunked HTTP/1 upstream as a last chunk and then finishes the body with another, and
         // the upstream reads the second as the start of a request (pingora#935).
@@ -411,11 +397,7 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_ref() {
             w.upstream_request(upstream);
         }
-        if ctx.plugin.body_hooks & PluginCtx::BODY_REQUEST != 0 {
-            // A plugin may change the body's length: it goes chunked (h2 drops the header).
-            upstream.remove_header(&http::header::CONTENT_LENGTH);
-            upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
+        bodies::upstream_framing(upstream, ctx)?;
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
                 if chain::upstream_request(p, upstream, &ctx.plugin).is_err() {
@@ -459,16 +441,7 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_mut() {
             w.response_header(resp)?;
         }
-        // Response body hooks need a body that ends with a last chunk they see: not gRPC
-        // (trailers end it), not a cached answer (a revalidated body ends with no last
-        // chunk), and a client that can take chunked framing.
-        let streamed = ctx.grpc.is_some()
-            || ctx.web.is_some()
-            || ctx.route.as_ref().is_some_and(|r| r.cache.is_some())
-            || session.req_header().version == http::Version::HTTP_10;
-        if streamed {
-            ctx.plugin.body_hooks &= !PluginCtx::BODY_RESPONSE;
-        }
+        bodies::settle_response(session, ctx);
         if let Some(route) = ctx.route.clone() {
             for p in route.plugins.iter() {
                 if chain::response(p, resp, &ctx.plugin).is_err() {
@@ -477,13 +450,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if ctx.plugin.body_hooks & PluginCtx::BODY_RESPONSE != 0 && body_follows(session, resp) {
-            // A plugin may change the body's length: chunked, as HTTP/1.1 (h2 drops it).
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            resp.set_version(http::Version::HTTP_11);
-        }
-        Ok(())
+        bodies::response_framing(session, resp, ctx)
     }
 
     fn response_body_filter(
@@ -496,16 +463,7 @@ impl ProxyHttp for Gateway {
         if let Some(w) = ctx.web.as_mut() {
             w.response_body(body, end);
         }
-        if ctx.plugin.body_hooks & PluginCtx::BODY_RESPONSE != 0 && !session.was_upgraded() {
-            if let Some(route) = ctx.route.clone() {
-                for p in route.plugins.iter() {
-                    if let Err(reason) = chain::response_body(p, body, end, &ctx.plugin) {
-                        ctx.error = Some("plugin_body");
-                        return Err(Error::explain(ErrorType::InternalError, reason));
-                    }
-                }
-            }
-        }
+        bodies::response(session, body, end, ctx)?;
         Ok(None)
     }
 
@@ -583,23 +541,6 @@ impl ProxyHttp for Gateway {
         // is not worth an error line.
         matches!(error.esource(), ErrorSource::Downstream)
     }
-}
-
-/// Whether a request has a body to come: on HTTP/2 the stream says (a body needs no
-/// Content-Length there); on HTTP/1 its framing headers do (asking Pingora's reader
-/// early would set it up before an upgrade is decided).
-fn has_body(session: &mut Session) -> bool {
-    let req = session.req_header();
-    if req.version == http::Version::HTTP_2 {
-        return !session.as_mut().is_body_empty();
-    }
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
-}
-
-/// Whether a response has a body for the body hooks to see (not HEAD, 1xx, 204, 304).
-fn body_follows(session: &Session, resp: &ResponseHeader) -> bool {
-    session.req_header().method != http::Method::HEAD && !resp.status.is_informational() && !matches!(resp.status.as_u16(), 204 | 304)
 }
 
 /// Whether the connection may stay open after this request as far as HTTP/1.0 goes: an

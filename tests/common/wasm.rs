@@ -13,3 +13,23 @@ pub fn assemblyscript_filter() -> String {
     );
     path
 }
+
+/// A whole config (for `gateway::refused`) with one route whose filter `f` has `table`.
+pub fn one_filter_config(table: &str) -> String {
+    format!(
+        r#"
+[server]
+pid_file = "/tmp/gh-wasm-check/gatehouse.pid"
+upgrade_sock = "/tmp/gh-wasm-check/upgrade.sock"
+[listeners.public]
+addr = "127.0.0.1:18080"
+[upstreams.u]
+targets = ["127.0.0.1:9"]
+[routes.r]
+paths = ["/"]
+upstream = "u"
+[routes.r.plugins.wasm.f]
+{table}
+"#
+    )
+}
