@@ -26,7 +26,7 @@ paths = ["/dashboard"]
 methods = ["GET"]
 [routes.dashboard.plugins.key_auth]
 [routes.dashboard.aggregate]
-timeout = "800ms"
+timeout = "3s"
 merge = "group"
 on_partial = "200"
 include_errors = true
@@ -34,13 +34,13 @@ include_errors = true
 name = "user"
 upstream = "users"
 path = "/users/{{consumer}}"
-timeout = "500ms"
+timeout = "2s"
 required = true
 [[routes.dashboard.aggregate.backends]]
 name = "orders"
 upstream = "orders"
 path = "/orders?user={{consumer}}&page={{query.page}}"
-timeout = "300ms"
+timeout = "1s"
 allow = ["id", "total"]
 {extra}
 "#,
@@ -125,9 +125,11 @@ fn a_slow_optional_backend_is_cut_at_its_timeout() {
     assert_eq!(body["user"]["name"], "Ann");
     assert!(body.get("orders").is_none(), "{body}");
     assert_eq!(body["_errors"]["orders"], "timed out");
-    // The backend's 300 ms, well inside the route's 800 ms (generous bounds: shared machine).
+    // The backend's 1 s, well inside the route's 3 s and the backend's 3 s delay (generous
+    // bounds: shared machine; the timeouts leave a loaded machine room for the backends
+    // that do answer).
     assert!(took < Duration::from_millis(2500), "took {took:?}");
-    assert!(took >= Duration::from_millis(300), "took {took:?}");
+    assert!(took >= Duration::from_secs(1), "took {took:?}");
     assert_eq!(users.count(), 1);
     assert_eq!(
         gw.metric(r#"gatehouse_aggregate_backend_failures_total{backend="orders",reason="timeout",route="dashboard"}"#),
@@ -321,9 +323,9 @@ fn bad_aggregate_tables_are_refused_at_load() {
         "{consumer} needs an auth plugin",
     );
     refused(
-        &swap(r#"timeout = "500ms""#, r#"timeout = "5s""#),
+        &swap(r#"timeout = "2s""#, r#"timeout = "5s""#),
         "routes.dashboard.aggregate.backends[0].timeout",
-        "at most the aggregate's 800ms",
+        "at most the aggregate's 3s",
     );
     refused(
         &swap("methods = [\"GET\"]\n", "methods = [\"GET\"]\nupstream = \"users\"\n"),
